@@ -1,0 +1,39 @@
+# Corral: the two quick-start commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test unit e2e bench bench-latency gen clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# A local coordinator on an embedded LMDB store with two demo actors.
+run: venv
+	$(PY) -m coordinator.local_cluster
+
+test: venv
+	$(PY) -m pytest -q
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+e2e: venv
+	$(PY) -m pytest -q tests/e2e
+
+bench: venv
+	$(PY) -m tests.bench.throughput
+	$(PY) -m tests.bench.throughput --mode latency
+
+# Regenerate proto/corral/v1/*_pb2*.py after editing a .proto (the generated code is committed).
+gen: venv
+	$(PY) tools/gen_proto.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

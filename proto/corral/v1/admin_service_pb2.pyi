@@ -1,0 +1,67 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from corral.v1 import task_pb2 as _task_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GetClusterStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StateCount(_message.Message):
+    __slots__ = ("state", "count")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    state: _task_pb2.TaskState
+    count: int
+    def __init__(self, state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ActorStatus(_message.Message):
+    __slots__ = ("identity", "free_slots", "leases_held", "connected_at")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    LEASES_HELD_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    identity: _task_pb2.ExecutorIdentity
+    free_slots: int
+    leases_held: int
+    connected_at: _timestamp_pb2.Timestamp
+    def __init__(self, identity: _Optional[_Union[_task_pb2.ExecutorIdentity, _Mapping]] = ..., free_slots: _Optional[int] = ..., leases_held: _Optional[int] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class WalPosition(_message.Message):
+    __slots__ = ("last_seq", "commits")
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    COMMITS_FIELD_NUMBER: _ClassVar[int]
+    last_seq: int
+    commits: int
+    def __init__(self, last_seq: _Optional[int] = ..., commits: _Optional[int] = ...) -> None: ...
+
+class GetClusterStatusResponse(_message.Message):
+    __slots__ = ("coordinator_id", "tasks_by_state", "actors", "wal", "highest_fencing_token")
+    COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
+    TASKS_BY_STATE_FIELD_NUMBER: _ClassVar[int]
+    ACTORS_FIELD_NUMBER: _ClassVar[int]
+    WAL_FIELD_NUMBER: _ClassVar[int]
+    HIGHEST_FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    coordinator_id: str
+    tasks_by_state: _containers.RepeatedCompositeFieldContainer[StateCount]
+    actors: _containers.RepeatedCompositeFieldContainer[ActorStatus]
+    wal: WalPosition
+    highest_fencing_token: int
+    def __init__(self, coordinator_id: _Optional[str] = ..., tasks_by_state: _Optional[_Iterable[_Union[StateCount, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorStatus, _Mapping]]] = ..., wal: _Optional[_Union[WalPosition, _Mapping]] = ..., highest_fencing_token: _Optional[int] = ...) -> None: ...
+
+class ListActorsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListActorsResponse(_message.Message):
+    __slots__ = ("actors",)
+    ACTORS_FIELD_NUMBER: _ClassVar[int]
+    actors: _containers.RepeatedCompositeFieldContainer[ActorStatus]
+    def __init__(self, actors: _Optional[_Iterable[_Union[ActorStatus, _Mapping]]] = ...) -> None: ...

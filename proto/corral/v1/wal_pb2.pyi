@@ -1,0 +1,106 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from corral.v1 import task_pb2 as _task_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class WalRecord(_message.Message):
+    __slots__ = ("seq", "at_unix_ms", "task_submitted", "lease_granted", "attempt_ended", "task_state_changed", "cancel_requested", "actor_registered")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    TASK_SUBMITTED_FIELD_NUMBER: _ClassVar[int]
+    LEASE_GRANTED_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_ENDED_FIELD_NUMBER: _ClassVar[int]
+    TASK_STATE_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    at_unix_ms: int
+    task_submitted: TaskSubmitted
+    lease_granted: LeaseGranted
+    attempt_ended: AttemptEnded
+    task_state_changed: TaskStateChanged
+    cancel_requested: CancelRequested
+    actor_registered: ActorRegistered
+    def __init__(self, seq: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., task_submitted: _Optional[_Union[TaskSubmitted, _Mapping]] = ..., lease_granted: _Optional[_Union[LeaseGranted, _Mapping]] = ..., attempt_ended: _Optional[_Union[AttemptEnded, _Mapping]] = ..., task_state_changed: _Optional[_Union[TaskStateChanged, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., actor_registered: _Optional[_Union[ActorRegistered, _Mapping]] = ...) -> None: ...
+
+class TaskSubmitted(_message.Message):
+    __slots__ = ("task_id", "spec", "state", "ready_at_unix_ms")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    READY_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    spec: _task_pb2.TaskSpec
+    state: _task_pb2.TaskState
+    ready_at_unix_ms: int
+    def __init__(self, task_id: _Optional[str] = ..., spec: _Optional[_Union[_task_pb2.TaskSpec, _Mapping]] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., ready_at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class LeaseGranted(_message.Message):
+    __slots__ = ("task_id", "attempt", "fencing_token", "actor_id", "actor_incarnation", "deadline_unix_ms")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    attempt: int
+    fencing_token: int
+    actor_id: str
+    actor_incarnation: str
+    deadline_unix_ms: int
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fencing_token: _Optional[int] = ..., actor_id: _Optional[str] = ..., actor_incarnation: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ...) -> None: ...
+
+class AttemptEnded(_message.Message):
+    __slots__ = ("task_id", "attempt", "fencing_token", "outcome", "output", "output_bytes", "error", "next_state", "ready_at_unix_ms", "reason")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    NEXT_STATE_FIELD_NUMBER: _ClassVar[int]
+    READY_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    attempt: int
+    fencing_token: int
+    outcome: _task_pb2.AttemptOutcome
+    output: _struct_pb2.Value
+    output_bytes: bytes
+    error: _task_pb2.TaskError
+    next_state: _task_pb2.TaskState
+    ready_at_unix_ms: int
+    reason: str
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fencing_token: _Optional[int] = ..., outcome: _Optional[_Union[_task_pb2.AttemptOutcome, str]] = ..., output: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., output_bytes: _Optional[bytes] = ..., error: _Optional[_Union[_task_pb2.TaskError, _Mapping]] = ..., next_state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., ready_at_unix_ms: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class TaskStateChanged(_message.Message):
+    __slots__ = ("task_id", "state", "reason", "error")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    state: _task_pb2.TaskState
+    reason: str
+    error: _task_pb2.TaskError
+    def __init__(self, task_id: _Optional[str] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., reason: _Optional[str] = ..., error: _Optional[_Union[_task_pb2.TaskError, _Mapping]] = ...) -> None: ...
+
+class CancelRequested(_message.Message):
+    __slots__ = ("task_id", "reason")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    reason: str
+    def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ActorRegistered(_message.Message):
+    __slots__ = ("identity",)
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    identity: _task_pb2.ExecutorIdentity
+    def __init__(self, identity: _Optional[_Union[_task_pb2.ExecutorIdentity, _Mapping]] = ...) -> None: ...
