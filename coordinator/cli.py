@@ -1,0 +1,77 @@
+"""The `corral` command: one entry point, a subcommand per role.
+
+    corral coordinator [--listen HOST:PORT] [--data-dir DIR] ...   run the coordinator
+    corral actor --coordinator HOST:PORT --app MODULE [--slots N]  run an actor process
+    corral submit|get|cancel|watch|list|status ...                 talk to a coordinator
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from . import config as config_mod
+from .client_commands import add_client_commands, run_client_command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corral", description="Corral task-execution cluster")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("coordinator", help="run the coordinator")
+    config_mod.add_arguments(p)
+    sub.add_parser("actor", help="run an actor process (see `corral actor --help`)", add_help=False)
+    add_client_commands(sub)
+    return parser
+
+
+async def serve(config: config_mod.CoordinatorConfig) -> int:
+    from .coordinator import Coordinator
+
+    coordinator = Coordinator(config)
+    await coordinator.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(coordinator.wait())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    fatal = coordinator.loop.fatal_error if coordinator.loop else None
+    logging.getLogger("corral.coordinator").info("shutting down")
+    await coordinator.stop()
+    waiter.cancel()
+    stopper.cancel()
+    return 1 if fatal is not None else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "actor":
+        from actor.runner import main as actor_main
+
+        return actor_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.command == "coordinator":
+        try:
+            config = config_mod.from_arguments(args)
+        except config_mod.ConfigError as exc:
+            print(f"corral coordinator: invalid configuration: {exc}", file=sys.stderr)
+            return 2
+        logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from .coordinator import WalCorrupt
+
+        try:
+            return asyncio.run(serve(config))
+        except WalCorrupt as exc:
+            print(f"corral coordinator: {exc}", file=sys.stderr)
+            return 3
+        except OSError as exc:
+            print(f"corral coordinator: {exc}", file=sys.stderr)
+            return 2
+    return run_client_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Coordinator configuration: every setting is a flag and an environment variable.
+
+Owns: the settings table (name, type, default, meaning), its validation, and building an argparse
+parser from it. `CORRAL_<NAME>` is the environment variable of `--<name>`; a flag beats the
+environment, which beats the default. A bad value stops start-up with a message naming the
+setting; a half-configured coordinator never starts.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: Callable[[str], Any]
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] = lambda v: None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "CORRAL_" + self.name.upper()
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _host_port(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be positive"
+
+
+def _at_least(n: int) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= n else f"must be at least {n}"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("listen", _host_port, "127.0.0.1:7070", "address to serve gRPC on (HOST:PORT)"),
+    Setting("data_dir", str, ".corral-data", "directory of the LMDB write-ahead log (a mounted volume in production)"),
+    Setting("coordinator_id", str, "", "name of this coordinator in status output (default: host name)"),
+    Setting("lease_ttl_s", float, 15.0, "a lease with no heartbeat for this long expires and its attempt is lost", _positive),
+    Setting("heartbeat_interval_s", float, 0.0, "how often actors heartbeat (default: lease TTL / 3)",
+            lambda v: None if v >= 0 else "must not be negative"),
+    Setting("deadline_grace_s", float, 10.0,
+            "after an attempt's deadline, how long the coordinator waits for the actor's own timeout report", _positive),
+    Setting("max_input_bytes", int, 1 << 20, "largest task input accepted", _at_least(1)),
+    Setting("max_message_bytes", int, 64 << 20, "largest gRPC message accepted (SubmitTasks batches)", _at_least(1 << 16)),
+    Setting("max_queued_commands", int, 100_000,
+            "commands waiting for the dispatch loop before requests get RESOURCE_EXHAUSTED", _at_least(1)),
+    Setting("wal_map_size_bytes", int, 16 << 30, "initial LMDB map size (grows when full)", _at_least(1 << 20)),
+    Setting("truncate_corrupt_wal", _bool, False,
+            "on start, drop WAL records from the first corrupt one on, instead of refusing to start"),
+    Setting("shutdown_grace_s", float, 10.0, "on SIGTERM, how long in-flight RPCs may finish", _positive),
+    Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR",
+            lambda v: None if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR") else "must be DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    listen: str = "127.0.0.1:7070"
+    data_dir: str = ".corral-data"
+    coordinator_id: str = ""
+    lease_ttl_s: float = 15.0
+    heartbeat_interval_s: float = 0.0
+    deadline_grace_s: float = 10.0
+    max_input_bytes: int = 1 << 20
+    max_message_bytes: int = 64 << 20
+    max_queued_commands: int = 100_000
+    wal_map_size_bytes: int = 16 << 30
+    truncate_corrupt_wal: bool = False
+    shutdown_grace_s: float = 10.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        for setting in SETTINGS:
+            problem = setting.check(getattr(self, setting.name))
+            if problem:
+                raise ConfigError(f"{setting.flag} / {setting.env}: {problem} (got {getattr(self, setting.name)!r})")
+        if self.heartbeat_interval_s and self.heartbeat_interval_s >= self.lease_ttl_s:
+            raise ConfigError("--heartbeat-interval-s / CORRAL_HEARTBEAT_INTERVAL_S: must be less than the lease TTL")
+
+    @property
+    def effective_coordinator_id(self) -> str:
+        return self.coordinator_id or socket.gethostname()
+
+    @property
+    def lease_ttl_ms(self) -> int:
+        return int(self.lease_ttl_s * 1000)
+
+    @property
+    def heartbeat_interval_ms(self) -> int:
+        return int((self.heartbeat_interval_s or self.lease_ttl_s / 3) * 1000)
+
+
+assert [(s.name, s.default) for s in SETTINGS] == [(f.name, f.default) for f in fields(CoordinatorConfig)], \
+    "SETTINGS and CoordinatorConfig disagree"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for s in SETTINGS:
+        kind = "flag" if s.type is _bool else "value"
+        if kind == "flag":
+            parser.add_argument(s.flag, dest=s.name, action="store_const", const="true", default=None,
+                                help=f"{s.help} [env {s.env}]")
+        else:
+            parser.add_argument(s.flag, dest=s.name, default=None, metavar=s.name.split("_")[-1].upper(),
+                                help=f"{s.help} [env {s.env}, default {s.default!r}]")
+
+
+def from_arguments(args: argparse.Namespace, environ: dict[str, str] | None = None) -> CoordinatorConfig:
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        raw = getattr(args, s.name, None)
+        source = s.flag
+        if raw is None:
+            raw = environ.get(s.env)
+            source = s.env
+        if raw is None:
+            values[s.name] = s.default
+            continue
+        try:
+            values[s.name] = s.type(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return CoordinatorConfig(**values)

@@ -1,0 +1,105 @@
+"""The coordinator process: open the WAL, replay it, run the dispatch loop, serve gRPC.
+
+Owns: start-up and shutdown order.
+- Start: open LMDB; replay every record into a fresh projection (a corrupt record stops start-up
+  with its sequence number, unless truncation was asked for); give RUNNING attempts a fresh lease
+  so actors can re-present them; start the loop; only then serve, and report SERVING on health.
+- Stop: health NOT_SERVING; stop accepting RPCs and let in-flight ones finish within the grace;
+  stop the loop after its current step's commit; close LMDB.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from grpc_health.v1 import health_pb2
+
+from .config import CoordinatorConfig
+from .core.fleet import Fleet
+from .core.projection import Projection
+from .dispatch.loop import DispatchLoop
+from .server.grpc_server import SERVICE_NAMES, build_server
+from .storage.codec import CorruptRecordError
+from .storage.wal import WriteAheadLog
+
+log = logging.getLogger("corral.coordinator")
+
+
+class WalCorrupt(Exception):
+    """Start-up refused: the WAL has a bad record and truncation was not asked for."""
+
+
+def replay(wal: WriteAheadLog, projection: Projection, truncate_corrupt: bool) -> int:
+    """Apply every WAL record to `projection`; returns how many were applied."""
+    applied = 0
+    try:
+        for record in wal.records():
+            projection.apply(record, record.at_unix_ms)
+            applied += 1
+    except CorruptRecordError as exc:
+        if not truncate_corrupt:
+            raise WalCorrupt(
+                f"{exc}. Refusing to start rather than drop data; to discard record {exc.seq} and every record "
+                f"after it, start once with --truncate-corrupt-wal (CORRAL_TRUNCATE_CORRUPT_WAL=true)") from exc
+        dropped = wal.truncate_from(exc.seq)
+        log.warning("WAL record %d is corrupt (%s): truncated %d records from it on", exc.seq, exc.reason, dropped)
+    return applied
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.wal: WriteAheadLog | None = None
+        self.loop: DispatchLoop | None = None
+        self.port = 0
+        self._server = None
+        self._health = None
+        self._loop_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        started = time.perf_counter()
+        self.wal = await asyncio.to_thread(WriteAheadLog, config.data_dir, map_size_bytes=config.wal_map_size_bytes)
+        projection = Projection(deadline_grace_ms=int(config.deadline_grace_s * 1000))
+        applied = await asyncio.to_thread(replay, self.wal, projection, config.truncate_corrupt_wal)
+        fleet = Fleet(lease_ttl_ms=config.lease_ttl_ms)
+        self.loop = DispatchLoop(
+            self.wal, projection, fleet, coordinator_id=config.effective_coordinator_id,
+            heartbeat_interval_ms=config.heartbeat_interval_ms, max_queued_commands=config.max_queued_commands,
+            clock=self.clock)
+        restored = self.loop.restore_leases()
+        log.info("replayed %d WAL records (%d tasks, %d running attempts kept for re-adoption) in %.3f s",
+                 applied, len(projection.tasks), restored, time.perf_counter() - started)
+        self._loop_task = asyncio.create_task(self.loop.run(), name="dispatch-loop")
+        self._server, self._health, self.port = build_server(config, self.loop)
+        await self._server.start()
+        for name in ("",) + SERVICE_NAMES:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        host = config.listen.rpartition(":")[0]
+        log.info("corral coordinator %s listening on %s:%d (data dir %s)",
+                 config.effective_coordinator_id, host, self.port, config.data_dir)
+
+    async def wait(self) -> None:
+        """Until the server stops or the dispatch loop dies."""
+        assert self._server is not None and self._loop_task is not None
+        server_done = asyncio.create_task(self._server.wait_for_termination())
+        await asyncio.wait({server_done, self._loop_task}, return_when=asyncio.FIRST_COMPLETED)
+        server_done.cancel()
+
+    async def stop(self) -> None:
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.config.shutdown_grace_s)
+        if self.loop is not None:
+            self.loop.stop()
+        if self._loop_task is not None:
+            try:
+                await self._loop_task
+            except BaseException:  # noqa: BLE001 - already logged by the loop
+                pass
+        if self.wal is not None:
+            self.wal.close()

@@ -1,0 +1,218 @@
+"""The projection: the coordinator's durable state in memory, built only by applying WAL records.
+
+Owns: tasks, the idempotency index, the ready queues, the durable timers (promotion, schedule-to-
+start, attempt deadlines), the fencing-token high-water mark and the identities actors introduced.
+
+Invariants:
+- `apply` is the only writer. The live dispatch loop applies exactly the records it commits, and
+  replay applies the same records in the same order, so replaying a WAL twice (or replay versus
+  live) yields equal projections (`fingerprint`).
+- Every state change is checked against the transition table (states.check_transition).
+- Fencing tokens in LeaseGranted records strictly increase; a WAL that violates it is refused.
+- Ready queues and timers are indexes with lazy deletion: an entry is acted on only if the task
+  is still in the state (and order/attempt) the entry was made for.
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections import Counter
+from typing import Iterable, Iterator
+
+from corral.v1 import task_pb2, wal_pb2
+
+from .model import AttemptRecord, TaskRecord
+from .states import State, check_transition, is_terminal
+
+# Durable timer kinds.
+TIMER_PROMOTE = 1          # SCHEDULED / RETRY_WAIT -> READY at ready_at_ms
+TIMER_SCHEDULE_TO_START = 2  # READY too long before its first attempt
+TIMER_ATTEMPT_DEADLINE = 3   # RUNNING past its attempt deadline (+ grace)
+
+QueueKey = tuple[str, frozenset[str]]
+
+
+class CorruptProjection(Exception):
+    """A record that cannot apply to the current state (unknown task, token going backwards)."""
+
+
+class Projection:
+    def __init__(self, deadline_grace_ms: int = 2_000) -> None:
+        self.deadline_grace_ms = deadline_grace_ms
+        self.tasks: dict[str, TaskRecord] = {}
+        self.idempotency: dict[str, str] = {}
+        self.ready_queues: dict[QueueKey, list[tuple[int, int, str]]] = {}
+        self.ready_count = 0
+        self.timers: list[tuple[int, int, int, str, int]] = []
+        self._timer_order = 0
+        self._ready_order = 0
+        self.highest_token = 0
+        self.last_seq = 0
+        self.submitted_count = 0
+        self.actors_seen: dict[str, task_pb2.ExecutorIdentity] = {}
+        self.state_counts: Counter[int] = Counter()
+        self._appliers = {
+            "task_submitted": self._apply_submitted,
+            "lease_granted": self._apply_lease_granted,
+            "attempt_ended": self._apply_attempt_ended,
+            "task_state_changed": self._apply_state_changed,
+            "cancel_requested": self._apply_cancel_requested,
+            "actor_registered": self._apply_actor_registered,
+        }
+
+    # ---- applying records -------------------------------------------------------------------
+
+    def apply(self, record: wal_pb2.WalRecord, now_ms: int) -> None:
+        """Apply one record. `now_ms` is the record's time (at_unix_ms when replaying)."""
+        kind = record.WhichOneof("event")
+        applier = self._appliers.get(kind)  # type: ignore[arg-type]
+        if applier is None:
+            raise CorruptProjection(f"record {record.seq}: unknown event {kind!r}")
+        applier(getattr(record, kind), now_ms)
+        if record.seq:
+            self.last_seq = record.seq
+
+    def apply_all(self, records: Iterable[wal_pb2.WalRecord]) -> int:
+        n = 0
+        for record in records:
+            self.apply(record, record.at_unix_ms)
+            n += 1
+        return n
+
+    def _task(self, task_id: str) -> TaskRecord:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise CorruptProjection(f"record refers to unknown task {task_id!r}")
+        return task
+
+    def _set_state(self, task: TaskRecord, state: int, now_ms: int) -> None:
+        check_transition(task.task_id, task.state, state)
+        counts = self.state_counts
+        counts[task.state] -= 1
+        counts[state] += 1
+        task.state = state
+        task.updated_ms = now_ms
+        if state == State.READY:
+            self._enqueue_ready(task, now_ms)
+
+    def _enqueue_ready(self, task: TaskRecord, now_ms: int) -> None:
+        self._ready_order += 1
+        task.ready_order = self._ready_order
+        if not task.started_once and task.eligible_since_ms == 0:
+            task.eligible_since_ms = now_ms
+            if task.schedule_to_start_ms:
+                self._add_timer(now_ms + task.schedule_to_start_ms, TIMER_SCHEDULE_TO_START, task.task_id, 0)
+        queue = self.ready_queues.get(task.queue_key)
+        if queue is None:
+            queue = self.ready_queues[task.queue_key] = []
+        heapq.heappush(queue, (-task.priority, task.ready_order, task.task_id))
+        self.ready_count += 1
+
+    def _add_timer(self, due_ms: int, kind: int, task_id: str, attempt: int) -> None:
+        self._timer_order += 1
+        heapq.heappush(self.timers, (due_ms, self._timer_order, kind, task_id, attempt))
+
+    def _apply_submitted(self, ev: wal_pb2.TaskSubmitted, now_ms: int) -> None:
+        if ev.task_id in self.tasks:
+            raise CorruptProjection(f"task {ev.task_id!r} submitted twice")
+        spec = ev.spec  # records are immutable once committed: share, don't copy
+        task = TaskRecord(ev.task_id, spec, State.SCHEDULED, now_ms, ev.ready_at_unix_ms)
+        self.submitted_count += 1
+        task.ordinal = self.submitted_count
+        self.tasks[ev.task_id] = task
+        self.state_counts[State.SCHEDULED] += 1
+        if spec.idempotency_key:
+            self.idempotency[spec.idempotency_key] = ev.task_id
+        if ev.state == State.READY:
+            self._set_state(task, State.READY, now_ms)
+        elif ev.state == State.SCHEDULED:
+            self._add_timer(ev.ready_at_unix_ms, TIMER_PROMOTE, ev.task_id, 0)
+        else:
+            raise CorruptProjection(f"task {ev.task_id!r} submitted in state {ev.state}")
+
+    def _apply_lease_granted(self, ev: wal_pb2.LeaseGranted, now_ms: int) -> None:
+        task = self._task(ev.task_id)
+        if ev.fencing_token <= self.highest_token:
+            raise CorruptProjection(
+                f"fencing token {ev.fencing_token} for task {ev.task_id!r} is not above the high-water mark {self.highest_token}"
+            )
+        if ev.attempt != len(task.attempts) + 1:
+            raise CorruptProjection(f"task {ev.task_id!r}: attempt {ev.attempt} out of order")
+        self.highest_token = ev.fencing_token
+        self._set_state(task, State.RUNNING, now_ms)
+        self.ready_count -= 1
+        task.started_once = True
+        task.attempts.append(
+            AttemptRecord(ev.attempt, ev.fencing_token, ev.actor_id, ev.actor_incarnation, now_ms, ev.deadline_unix_ms)
+        )
+        self._add_timer(ev.deadline_unix_ms + self.deadline_grace_ms, TIMER_ATTEMPT_DEADLINE, ev.task_id, ev.attempt)
+
+    def _apply_attempt_ended(self, ev: wal_pb2.AttemptEnded, now_ms: int) -> None:
+        task = self._task(ev.task_id)
+        attempt = task.current_attempt
+        if attempt is None or attempt.number != ev.attempt or attempt.fencing_token != ev.fencing_token:
+            raise CorruptProjection(f"task {ev.task_id!r}: attempt {ev.attempt} token {ev.fencing_token} is not current")
+        attempt.ended_ms = now_ms
+        attempt.outcome = ev.outcome
+        if ev.HasField("error"):
+            attempt.error = ev.error
+        outcome = ev.outcome
+        if outcome == task_pb2.ATTEMPT_OUTCOME_FAILED or outcome == task_pb2.ATTEMPT_OUTCOME_TIMED_OUT:
+            task.failed_attempts += 1
+        elif outcome == task_pb2.ATTEMPT_OUTCOME_LOST:
+            task.lost_attempts += 1
+        next_state = ev.next_state
+        self._set_state(task, next_state, now_ms)
+        task.state_reason = ev.reason
+        if next_state == State.SUCCEEDED:
+            task.result = ev
+            task.error = None
+        elif ev.HasField("error"):
+            task.error = ev.error
+        if next_state == State.RETRY_WAIT:
+            task.ready_at_ms = ev.ready_at_unix_ms
+            self._add_timer(ev.ready_at_unix_ms, TIMER_PROMOTE, ev.task_id, 0)
+
+    def _apply_state_changed(self, ev: wal_pb2.TaskStateChanged, now_ms: int) -> None:
+        task = self._task(ev.task_id)
+        if task.state == State.READY:
+            self.ready_count -= 1
+        self._set_state(task, ev.state, now_ms)
+        task.state_reason = ev.reason
+        if ev.HasField("error"):
+            task.error = ev.error
+
+    def _apply_cancel_requested(self, ev: wal_pb2.CancelRequested, now_ms: int) -> None:
+        task = self._task(ev.task_id)
+        if is_terminal(task.state):
+            raise CorruptProjection(f"cancel requested for terminal task {ev.task_id!r}")
+        task.cancel_requested = True
+        task.cancel_reason = ev.reason
+        task.updated_ms = now_ms
+
+    def _apply_actor_registered(self, ev: wal_pb2.ActorRegistered, now_ms: int) -> None:
+        identity = task_pb2.ExecutorIdentity()
+        identity.CopyFrom(ev.identity)
+        self.actors_seen[identity.actor_id] = identity
+
+    # ---- queries used by the decisions ------------------------------------------------------
+
+    def pop_due_timers(self, now_ms: int) -> Iterator[tuple[int, str, int]]:
+        """Yield (kind, task_id, attempt) of every timer due at `now_ms`, removing them."""
+        timers = self.timers
+        while timers and timers[0][0] <= now_ms:
+            _, _, kind, task_id, attempt = heapq.heappop(timers)
+            yield kind, task_id, attempt
+
+    def next_timer_ms(self) -> int | None:
+        return self.timers[0][0] if self.timers else None
+
+    def fingerprint(self) -> str:
+        """A digest of everything durable, equal for equal projections."""
+        h = hashlib.sha256()
+        h.update(repr((self.highest_token, self.last_seq, sorted(self.idempotency.items()))).encode())
+        for task_id in sorted(self.tasks):
+            h.update(repr(self.tasks[task_id].as_tuple()).encode())
+        for actor_id in sorted(self.actors_seen):
+            h.update(self.actors_seen[actor_id].SerializeToString(deterministic=True))
+        return h.hexdigest()

@@ -1,0 +1,115 @@
+"""Validation and normalisation of a submitted TaskSpec.
+
+Owns: what a valid task looks like and the defaults applied to it. `normalize_spec` checks every
+field (raising InvalidField with the field's path, e.g. `tasks[3].retry.max_attempts`) and fills
+defaults into the spec itself, so the spec written to the WAL is complete and replay never depends
+on the defaults of the code that replays it. Pure: no I/O, no clock.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from corral.v1 import task_pb2
+
+from .backoff import BackoffPolicy, InvalidBackoff
+from .errors import InvalidField
+
+TASK_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+TYPE_RE = re.compile(r"^[A-Za-z0-9._:/\-]{1,128}$")
+CAPABILITY_RE = TYPE_RE
+
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_MAX_LOST_ATTEMPTS = 3
+DEFAULT_EXECUTION_TIMEOUT_MS = 60_000
+MAX_ATTEMPTS_LIMIT = 1_000
+MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+MAX_NOT_BEFORE_AHEAD_MS = 366 * 24 * 3600 * 1000
+MAX_LABELS = 64
+MAX_LABEL_KEY_CHARS = 63
+MAX_LABEL_VALUE_CHARS = 256
+MAX_CAPABILITIES = 32
+MAX_IDEMPOTENCY_KEY_CHARS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class SpecLimits:
+    max_input_bytes: int = 1 << 20
+
+
+def _duration_ms(field: str, d, *, allow_zero: bool) -> int:
+    if d.seconds < 0 or d.nanos < 0:
+        raise InvalidField(field, "must not be negative")
+    ms = d.ToMilliseconds()
+    if ms == 0 and not allow_zero:
+        raise InvalidField(field, "must be positive (leave it unset for the default)")
+    if ms > MAX_TIMEOUT_MS:
+        raise InvalidField(field, f"must be at most {MAX_TIMEOUT_MS // 3_600_000} hours, got {ms} ms")
+    return ms
+
+
+def normalize_spec(spec: task_pb2.TaskSpec, field: str, limits: SpecLimits, now_ms: int) -> None:
+    """Validate `spec` in place and fill its defaults. `field` is the path prefix for errors."""
+    if spec.task_id and not TASK_ID_RE.match(spec.task_id):
+        raise InvalidField(f"{field}.task_id", "must be 1-128 characters of [A-Za-z0-9._:-]")
+    if not spec.type:
+        raise InvalidField(f"{field}.type", "is required")
+    if not TYPE_RE.match(spec.type):
+        raise InvalidField(f"{field}.type", "must be 1-128 characters of [A-Za-z0-9._:/-]")
+    payload = spec.WhichOneof("payload")
+    if payload == "input_bytes":
+        size = len(spec.input_bytes)
+    elif payload == "input":
+        size = spec.input.ByteSize()
+    else:
+        size = 0
+    if size > limits.max_input_bytes:
+        raise InvalidField(f"{field}.input", f"is {size} bytes, over the limit of {limits.max_input_bytes}")
+
+    retry = spec.retry
+    if retry.max_attempts < 0 or retry.max_attempts > MAX_ATTEMPTS_LIMIT:
+        raise InvalidField(f"{field}.retry.max_attempts", f"must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {retry.max_attempts}")
+    if retry.max_lost_attempts < 0 or retry.max_lost_attempts > MAX_ATTEMPTS_LIMIT:
+        raise InvalidField(f"{field}.retry.max_lost_attempts", f"must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {retry.max_lost_attempts}")
+    if retry.max_attempts == 0:
+        retry.max_attempts = DEFAULT_MAX_ATTEMPTS
+    if retry.max_lost_attempts == 0:
+        retry.max_lost_attempts = DEFAULT_MAX_LOST_ATTEMPTS
+    if spec.retry.HasField("backoff"):
+        try:
+            BackoffPolicy.from_proto(spec.retry.backoff)
+        except InvalidBackoff as e:
+            raise InvalidField(f"{field}.retry.backoff.{e.field}", e.message) from None
+
+    if spec.HasField("execution_timeout"):
+        _duration_ms(f"{field}.execution_timeout", spec.execution_timeout, allow_zero=False)
+    else:
+        spec.execution_timeout.FromMilliseconds(DEFAULT_EXECUTION_TIMEOUT_MS)
+    if spec.HasField("schedule_to_start_timeout"):
+        _duration_ms(f"{field}.schedule_to_start_timeout", spec.schedule_to_start_timeout, allow_zero=False)
+    if spec.HasField("not_before"):
+        nb = spec.not_before
+        if nb.seconds < 0 or nb.nanos < 0:
+            raise InvalidField(f"{field}.not_before", "must be after 1970-01-01")
+        if nb.ToMilliseconds() > now_ms + MAX_NOT_BEFORE_AHEAD_MS:
+            raise InvalidField(f"{field}.not_before", "must be within a year from now")
+
+    if len(spec.idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise InvalidField(f"{field}.idempotency_key", f"must be at most {MAX_IDEMPOTENCY_KEY_CHARS} characters")
+    if len(spec.labels) > MAX_LABELS:
+        raise InvalidField(f"{field}.labels", f"at most {MAX_LABELS} labels")
+    for k, v in spec.labels.items():
+        if not k or len(k) > MAX_LABEL_KEY_CHARS:
+            raise InvalidField(f"{field}.labels", f"key {k!r} must be 1-{MAX_LABEL_KEY_CHARS} characters")
+        if len(v) > MAX_LABEL_VALUE_CHARS:
+            raise InvalidField(f"{field}.labels[{k}]", f"must be at most {MAX_LABEL_VALUE_CHARS} characters")
+    if len(spec.required_capabilities) > MAX_CAPABILITIES:
+        raise InvalidField(f"{field}.required_capabilities", f"at most {MAX_CAPABILITIES}")
+    for i, cap in enumerate(spec.required_capabilities):
+        if not CAPABILITY_RE.match(cap):
+            raise InvalidField(f"{field}.required_capabilities[{i}]", "must be 1-128 characters of [A-Za-z0-9._:/-]")
+
+
+def spec_fingerprint(spec: task_pb2.TaskSpec) -> bytes:
+    """Bytes that are equal for two normalised specs that ask for the same task."""
+    return spec.SerializeToString(deterministic=True)

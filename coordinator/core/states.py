@@ -1,0 +1,69 @@
+"""Task states and the one validated transition table.
+
+Owns: which state a task may move to from which. Every mutation of a task's state in the
+projection goes through `check_transition`, in live dispatch and in WAL replay alike, so a WAL
+that asks for an impossible transition is detected instead of silently applied.
+
+The numeric values are the wire values of `corral.v1.TaskState` (a unit test keeps them equal),
+so states are stored and compared as plain ints on the hot path.
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+
+from corral.v1 import task_pb2
+
+
+class State(IntEnum):
+    SCHEDULED = task_pb2.TASK_STATE_SCHEDULED
+    READY = task_pb2.TASK_STATE_READY
+    RUNNING = task_pb2.TASK_STATE_RUNNING
+    RETRY_WAIT = task_pb2.TASK_STATE_RETRY_WAIT
+    SUCCEEDED = task_pb2.TASK_STATE_SUCCEEDED
+    FAILED = task_pb2.TASK_STATE_FAILED
+    CANCELED = task_pb2.TASK_STATE_CANCELED
+
+
+TERMINAL_STATES: frozenset[State] = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELED})
+
+# from-state -> the states it may move to. Terminal states move nowhere.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    # not_before reached; canceled while waiting.
+    State.SCHEDULED: frozenset({State.READY, State.CANCELED}),
+    # leased; canceled; schedule-to-start timeout.
+    State.READY: frozenset({State.RUNNING, State.CANCELED, State.FAILED}),
+    # outcome or lease expiry: done, retry now (lost attempt), retry later, give up.
+    State.RUNNING: frozenset(
+        {State.SUCCEEDED, State.FAILED, State.CANCELED, State.READY, State.RETRY_WAIT}
+    ),
+    # backoff over; canceled while waiting.
+    State.RETRY_WAIT: frozenset({State.READY, State.CANCELED}),
+    State.SUCCEEDED: frozenset(),
+    State.FAILED: frozenset(),
+    State.CANCELED: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    """A state change the table does not allow (a bug, or a WAL that was not written by us)."""
+
+    def __init__(self, task_id: str, from_state: int, to_state: int) -> None:
+        super().__init__(
+            f"task {task_id}: illegal transition {State(from_state).name} -> {State(to_state).name}"
+        )
+        self.task_id = task_id
+        self.from_state = from_state
+        self.to_state = to_state
+
+
+def is_terminal(state: int) -> bool:
+    return state in TERMINAL_STATES
+
+
+def can_transition(from_state: int, to_state: int) -> bool:
+    return to_state in TRANSITIONS[State(from_state)]
+
+
+def check_transition(task_id: str, from_state: int, to_state: int) -> None:
+    if to_state not in TRANSITIONS[from_state]:  # type: ignore[index]
+        raise IllegalTransition(task_id, from_state, to_state)

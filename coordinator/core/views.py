@@ -1,0 +1,53 @@
+"""Rendering of projection records as the public `corral.v1.Task` message.
+
+Owns: the mapping from internal records to what clients read. Pure; never mutates a record.
+"""
+from __future__ import annotations
+
+from google.protobuf import timestamp_pb2
+
+from corral.v1 import task_pb2
+
+from .model import TaskRecord
+
+
+def _ts(ms: int) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def task_view(task: TaskRecord) -> task_pb2.Task:
+    view = task_pb2.Task(
+        task_id=task.task_id,
+        spec=task.spec,
+        state=task.state,
+        created_at=_ts(task.created_ms),
+        updated_at=_ts(task.updated_ms),
+        failed_attempts=task.failed_attempts,
+        lost_attempts=task.lost_attempts,
+        cancel_requested=task.cancel_requested,
+        state_reason=task.state_reason,
+    )
+    if task.ready_at_ms:
+        view.ready_at.FromMilliseconds(task.ready_at_ms)
+    if task.error is not None:
+        view.error.CopyFrom(task.error)
+    result = task.result
+    if result is not None:
+        which = result.WhichOneof("result")
+        if which == "output":
+            view.output.CopyFrom(result.output)
+        elif which == "output_bytes":
+            view.output_bytes = result.output_bytes
+    for a in task.attempts:
+        attempt = view.attempts.add(
+            number=a.number, fencing_token=a.fencing_token, actor_id=a.actor_id,
+            actor_incarnation=a.actor_incarnation, outcome=a.outcome,
+        )
+        attempt.started_at.FromMilliseconds(a.started_ms)
+        if a.ended_ms:
+            attempt.ended_at.FromMilliseconds(a.ended_ms)
+        if a.error is not None:
+            attempt.error.CopyFrom(a.error)
+    return view

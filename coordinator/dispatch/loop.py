@@ -1,0 +1,564 @@
+"""The dispatch loop: the single writer of the coordinator's state.
+
+Owns: every mutation of the projection and the fleet, and the order of effects. One asyncio task
+runs steps; a step is
+
+    take every queued command  ->  check each against the state, emitting WAL records
+    expire leases, fire timers  ->  more records
+    select ready tasks for actors with free slots  ->  LeaseGranted records
+    append all of the step's records in ONE LMDB transaction (one fsync: group commit)
+    then, and only then: resolve replies, send leases/acks/cancels, notify watchers.
+
+Invariants:
+- Nothing is acknowledged (reply, lease, ack) before the WAL batch holding its records is durable.
+- Each record is applied to the projection as it is emitted, with the same `Projection.apply`
+  that replay uses, so the live state is exactly what replaying the committed WAL rebuilds. If a
+  commit fails the projection is ahead of the WAL: the loop stops and the process must exit.
+- A submission and the lease that grants it can share one transaction (low latency at light load).
+- Decisions come from coordinator/core/decisions.py, given `now_ms` from the injected clock and
+  draws from the injected random source.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from typing import Any, Callable
+
+import grpc
+
+from corral.v1 import actor_service_pb2, admin_service_pb2, task_pb2, wal_pb2
+
+from ..core import decisions
+from ..core.errors import AlreadyExists, CorralError, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from ..core.fleet import ConnectedActor, Fleet
+from ..core.projection import Projection
+from ..core.spec import spec_fingerprint
+from ..core.states import State, is_terminal
+from ..core.views import task_view
+from ..storage.wal import WriteAheadLog
+from . import commands as C
+from .actor_link import ActorLink
+
+log = logging.getLogger("corral.dispatch")
+
+CANCEL_REQUESTED = actor_service_pb2.CANCEL_REASON_REQUESTED
+CANCEL_TIMED_OUT = actor_service_pb2.CANCEL_REASON_TIMED_OUT
+CANCEL_LEASE_LOST = actor_service_pb2.CANCEL_REASON_LEASE_LOST
+
+
+def new_task_id(now_ms: int) -> str:
+    """Time-ordered and unique: 12 hex digits of milliseconds, 16 of randomness."""
+    return f"{now_ms:012x}{os.urandom(8).hex()}"
+
+
+class Step:
+    """What one step has done so far; effects wait for the commit."""
+
+    __slots__ = ("now_ms", "records", "replies", "outbox", "changed")
+
+    def __init__(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+        self.records: list[wal_pb2.WalRecord] = []
+        self.replies: list[tuple[asyncio.Future, Any]] = []
+        self.outbox: dict[ActorLink, actor_service_pb2.ConnectResponse] = {}
+        self.changed: set[str] = set()
+
+    def message_for(self, link: ActorLink) -> actor_service_pb2.ConnectResponse:
+        msg = self.outbox.get(link)
+        if msg is None:
+            msg = self.outbox[link] = actor_service_pb2.ConnectResponse()
+        return msg
+
+
+class DispatchLoop:
+    def __init__(
+        self,
+        wal: WriteAheadLog,
+        projection: Projection,
+        fleet: Fleet,
+        *,
+        coordinator_id: str,
+        heartbeat_interval_ms: int,
+        max_queued_commands: int = 100_000,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.wal = wal
+        self.projection = projection
+        self.fleet = fleet
+        self.coordinator_id = coordinator_id
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.max_queued_commands = max_queued_commands
+        self.clock = clock
+        self.rand = rand
+        self._inbox: list[Any] = []
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._fatal: BaseException | None = None
+        self._watchers: dict[str, list[asyncio.Queue]] = {}
+        self.steps = 0
+        self.stale_results_rejected = 0
+
+    # ---- the servicers' side -----------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def submit(self, command: Any) -> None:
+        """Queue a command for the next step (called from servicers on the same event loop)."""
+        if self._fatal is not None or self._stopping:
+            raise Unavailable("coordinator is shutting down")
+        if len(self._inbox) >= self.max_queued_commands:
+            raise ResourceExhausted(f"dispatch queue is full ({self.max_queued_commands} commands); retry later")
+        self._inbox.append(command)
+        self._wakeup.set()
+
+    async def call(self, make: Callable[[asyncio.Future], Any]) -> Any:
+        """Submit the command built by `make(future)` and await its reply."""
+        future = asyncio.get_running_loop().create_future()
+        self.submit(make(future))
+        return await future
+
+    def post(self, command: Any) -> None:
+        """Submit a command that has no reply; dropped silently if the loop is shutting down."""
+        if self._fatal is None and not self._stopping:
+            self._inbox.append(command)
+            self._wakeup.set()
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def restore_leases(self) -> int:
+        """After replay: give every RUNNING attempt a fresh lease so its actor can re-present it."""
+        now = self.now_ms()
+        n = 0
+        for task in self.projection.tasks.values():
+            if task.state == State.RUNNING:
+                a = task.current_attempt
+                self.fleet.bind(task.task_id, a.number, a.fencing_token, (a.actor_id, a.actor_incarnation), now)
+                n += 1
+        return n
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping:
+                if not self._inbox:
+                    timeout = self._seconds_to_next_timer()
+                    if timeout is None or timeout > 0:
+                        try:
+                            await asyncio.wait_for(self._wakeup.wait(), timeout)
+                        except asyncio.TimeoutError:
+                            pass
+                self._wakeup.clear()
+                commands, self._inbox = self._inbox, []
+                await self._step(commands)
+        except BaseException as exc:  # noqa: BLE001 - anything here leaves the projection unsafe
+            if not isinstance(exc, asyncio.CancelledError):
+                self._fatal = exc
+                log.critical("dispatch loop failed; the coordinator must restart: %r", exc)
+            self._fail_pending(exc)
+            raise
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+
+    @property
+    def fatal_error(self) -> BaseException | None:
+        return self._fatal
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        for command in self._inbox:
+            reply = getattr(command, "reply", None)
+            if reply is not None and not reply.done():
+                reply.set_exception(Unavailable(f"coordinator stopped: {exc!r}"))
+        self._inbox = []
+
+    def _seconds_to_next_timer(self) -> float | None:
+        due = self.projection.next_timer_ms()
+        expiry = self.fleet.next_expiry_ms()
+        if expiry is not None and (due is None or expiry < due):
+            due = expiry
+        if due is None:
+            return None
+        return max(0.0, (due - self.now_ms()) / 1000.0)
+
+    # ---- one step ----------------------------------------------------------------------------
+
+    async def _step(self, commands: list[Any]) -> None:
+        step = Step(self.now_ms())
+        for command in commands:
+            try:
+                self._handle(command, step)
+            except CorralError as exc:
+                reply = getattr(command, "reply", None)
+                if reply is not None and not reply.done():
+                    reply.set_exception(exc)
+        self._expire_leases(step)
+        self._fire_timers(step)
+        self._grant(step)
+        if step.records:
+            await asyncio.to_thread(self.wal.append_batch, step.records, step.now_ms)
+        self.steps += 1
+        for future, value in step.replies:
+            if not future.done():
+                future.set_result(value.make() if type(value) is _Deferred else value)
+        for link, message in step.outbox.items():
+            link.send(message)
+        if step.changed and self._watchers:
+            self._notify_watchers(step.changed)
+
+    def _handle(self, command: Any, step: Step) -> None:
+        handler = self._handlers.get(type(command))
+        if handler is None:
+            raise TypeError(f"unknown command {command!r}")
+        handler(self, command, step)
+
+    # ---- emitting records --------------------------------------------------------------------
+
+    def _emit(self, record: wal_pb2.WalRecord, task_id: str, step: Step) -> None:
+        self.projection.apply(record, step.now_ms)
+        step.records.append(record)
+        if self._watchers:
+            step.changed.add(task_id)
+
+    def _emit_attempt_ended(self, record: wal_pb2.WalRecord, step: Step) -> None:
+        task_id = record.attempt_ended.task_id
+        self._emit(record, task_id, step)
+        self.fleet.release(task_id)
+
+    def _push_cancel(self, task_id: str, attempt: int, token: int, reason: int, message: str, step: Step) -> None:
+        lease = self.fleet.leases.get(task_id)
+        actor_key = lease.actor_key if lease is not None else None
+        if actor_key is None:
+            task = self.projection.tasks.get(task_id)
+            a = task.current_attempt if task is not None else None
+            actor_key = (a.actor_id, a.actor_incarnation) if a is not None else None
+        actor = self.fleet.actors.get(actor_key) if actor_key else None
+        if actor is not None:
+            cancel = step.message_for(actor.session).cancels.add(reason=reason, message=message)
+            cancel.lease.task_id = task_id
+            cancel.lease.attempt = attempt
+            cancel.lease.fencing_token = token
+
+    # ---- commands from clients ---------------------------------------------------------------
+
+    def _on_submit(self, cmd: C.SubmitTasks, step: Step) -> None:
+        tasks = self.projection.tasks
+        idempotency = self.projection.idempotency
+        now = step.now_ms
+        # Phase 1: decide every spec (new or existing) before writing anything: all or nothing.
+        plan: list[tuple[task_pb2.TaskSpec, str | None]] = []  # (spec, existing task id)
+        batch_ids: dict[str, bytes] = {}
+        batch_keys: dict[str, str] = {}
+        for spec, field in zip(cmd.specs, cmd.fields):
+            existing_id = None
+            key = spec.idempotency_key
+            if key:
+                existing_id = idempotency.get(key) or batch_keys.get(key)
+                if existing_id is not None:
+                    if spec.task_id and spec.task_id != existing_id:
+                        raise AlreadyExists(f"{field}.idempotency_key: {key!r} belongs to task {existing_id}")
+                    spec.task_id = existing_id
+            if spec.task_id:
+                task = tasks.get(spec.task_id)
+                fp = spec_fingerprint(spec)
+                if task is not None:
+                    if spec_fingerprint(task.spec) != fp:
+                        what = f"idempotency_key {key!r}" if key and existing_id else f"task_id {spec.task_id!r}"
+                        raise AlreadyExists(f"{field}: {what} already exists with a different spec")
+                    existing_id = spec.task_id
+                elif spec.task_id in batch_ids:
+                    if batch_ids[spec.task_id] != fp:
+                        raise AlreadyExists(f"{field}.task_id: {spec.task_id!r} appears twice in the batch with different specs")
+                    existing_id = spec.task_id
+                else:
+                    batch_ids[spec.task_id] = fp
+            else:
+                spec.task_id = new_task_id(now)
+            if key and existing_id is None:
+                batch_keys[key] = spec.task_id
+            plan.append((spec, existing_id))
+        # Phase 2: write.
+        results = []
+        for spec, existing_id in plan:
+            if existing_id is not None:
+                task = tasks[existing_id]
+                results.append((existing_id, False, task.state))
+                continue
+            if existing_id is None and spec.task_id in tasks:  # duplicate within this batch
+                results.append((spec.task_id, False, tasks[spec.task_id].state))
+                continue
+            ready_at = spec.not_before.ToMilliseconds() if spec.HasField("not_before") else now
+            state = State.SCHEDULED if ready_at > now else State.READY
+            record = wal_pb2.WalRecord(task_submitted=wal_pb2.TaskSubmitted(
+                task_id=spec.task_id, spec=spec, state=state, ready_at_unix_ms=ready_at))
+            self._emit(record, spec.task_id, step)
+            results.append((spec.task_id, True, state))
+        step.replies.append((cmd.reply, results))
+
+    def _on_get(self, cmd: C.GetTask, step: Step) -> None:
+        task = self.projection.tasks.get(cmd.task_id)
+        if task is None:
+            raise NotFound(f"task {cmd.task_id!r} not found")
+        # Rendered after the commit, so the reader never sees state that is not yet durable.
+        step.replies.append((cmd.reply, _Deferred(lambda: task_view(task))))
+
+    def _on_list(self, cmd: C.ListTasks, step: Step) -> None:
+        req = cmd.request
+        states = frozenset(req.states)
+        task_type = req.type
+        page: list = []
+        last_ordinal = 0
+        more = False
+        for task in self.projection.tasks.values():
+            if task.ordinal <= cmd.after_ordinal:
+                continue
+            if states and task.state not in states:
+                continue
+            if task_type and task.type != task_type:
+                continue
+            if len(page) == cmd.page_size:
+                more = True
+                break
+            page.append(task)
+            last_ordinal = task.ordinal
+        step.replies.append((cmd.reply, _Deferred(lambda: ([task_view(t) for t in page], last_ordinal if more else 0))))
+
+    def _on_cancel(self, cmd: C.CancelTask, step: Step) -> None:
+        task = self.projection.tasks.get(cmd.task_id)
+        if task is None:
+            raise NotFound(f"task {cmd.task_id!r} not found")
+        if is_terminal(task.state):
+            raise FailedPrecondition(f"task {cmd.task_id!r} is already {State(task.state).name}; nothing to cancel")
+        reason = cmd.reason or "canceled by request"
+        if task.state == State.RUNNING:
+            if not task.cancel_requested:
+                self._emit(wal_pb2.WalRecord(cancel_requested=wal_pb2.CancelRequested(
+                    task_id=task.task_id, reason=reason)), task.task_id, step)
+                a = task.current_attempt
+                self._push_cancel(task.task_id, a.number, a.fencing_token, CANCEL_REQUESTED, reason, step)
+        else:
+            self._emit(wal_pb2.WalRecord(task_state_changed=wal_pb2.TaskStateChanged(
+                task_id=task.task_id, state=State.CANCELED, reason=reason,
+                error=task_pb2.TaskError(message=reason, kind="canceled"))), task.task_id, step)
+        step.replies.append((cmd.reply, _Deferred(lambda: task_view(task))))
+
+    def _on_watch(self, cmd: C.WatchTask, step: Step) -> None:
+        task = self.projection.tasks.get(cmd.task_id)
+        if task is None:
+            raise NotFound(f"task {cmd.task_id!r} not found")
+        if not is_terminal(task.state):
+            self._watchers.setdefault(cmd.task_id, []).append(cmd.queue)
+        step.replies.append((cmd.reply, _Deferred(lambda: task_view(task))))
+
+    def _on_unwatch(self, cmd: C.UnwatchTask, step: Step) -> None:
+        queues = self._watchers.get(cmd.task_id)
+        if queues and cmd.queue in queues:
+            queues.remove(cmd.queue)
+            if not queues:
+                del self._watchers[cmd.task_id]
+
+    def _notify_watchers(self, changed: set[str]) -> None:
+        for task_id in changed:
+            queues = self._watchers.get(task_id)
+            if not queues:
+                continue
+            task = self.projection.tasks[task_id]
+            view = task_view(task)
+            for q in queues:
+                q.put_nowait(view)
+            if is_terminal(task.state):
+                del self._watchers[task_id]
+
+    def _on_status(self, cmd: C.ClusterStatus, step: Step) -> None:
+        step.replies.append((cmd.reply, _Deferred(self._status)))
+
+    def _status(self) -> admin_service_pb2.GetClusterStatusResponse:
+        resp = admin_service_pb2.GetClusterStatusResponse(
+            coordinator_id=self.coordinator_id, highest_fencing_token=self.projection.highest_token)
+        for state in State:
+            resp.tasks_by_state.add(state=state, count=self.projection.state_counts.get(state, 0))
+        for actor in self.fleet.actors.values():
+            resp.actors.append(actor_status(actor))
+        resp.wal.last_seq = self.wal.last_seq
+        resp.wal.commits = self.wal.commits
+        return resp
+
+    # ---- commands from actors ----------------------------------------------------------------
+
+    def _on_actor_hello(self, cmd: C.ActorHello, step: Step) -> None:
+        identity = cmd.hello.identity
+        key = (identity.actor_id, identity.incarnation)
+        fleet = self.fleet
+        if key in fleet.actors:
+            raise AlreadyExists(
+                f"hello.identity: actor {identity.actor_id!r} incarnation {identity.incarnation!r} is already connected")
+        now = step.now_ms
+        previous = fleet.by_actor_id.get(identity.actor_id)
+        if previous is not None:
+            # A new incarnation of the same actor: the old process is gone (restarted pod).
+            fleet.disconnect(previous.key)
+            previous.session.close(grpc.StatusCode.ABORTED,
+                                   f"superseded by incarnation {identity.incarnation!r} of actor {identity.actor_id!r}")
+        for lease in list(fleet.leases.values()):
+            if lease.actor_key[0] == identity.actor_id and lease.actor_key[1] != identity.incarnation:
+                record = decisions.lost_attempt_record(
+                    self.projection, lease.task_id, lease.attempt, lease.token, now, self.rand,
+                    f"actor {identity.actor_id!r} restarted (incarnation {lease.actor_key[1]!r} is gone)")
+                if record is not None:
+                    self._emit_attempt_ended(record, step)
+                else:
+                    fleet.release(lease.task_id)
+        actor = ConnectedActor(identity, now, cmd.link)
+        cmd.link.actor_key = key
+        fleet.connect(actor)
+        known = self.projection.actors_seen.get(identity.actor_id)
+        if known is None or known.SerializeToString(deterministic=True) != identity.SerializeToString(deterministic=True):
+            self._emit(wal_pb2.WalRecord(actor_registered=wal_pb2.ActorRegistered(identity=identity)), "", step)
+        msg = step.message_for(cmd.link)
+        welcome = msg.welcome
+        welcome.coordinator_id = self.coordinator_id
+        welcome.lease_ttl_ms = fleet.lease_ttl_ms
+        welcome.heartbeat_interval_ms = self.heartbeat_interval_ms
+        for ref in cmd.hello.held_leases:
+            lease = fleet.leases.get(ref.task_id)
+            why = decisions.fence(self.projection, fleet, key, ref.task_id, ref.attempt, ref.fencing_token, now)
+            if why is None and lease is not None:
+                fleet.adopt(lease, actor, now)
+                welcome.adopted.add().CopyFrom(ref)
+            else:
+                msg.cancels.add(lease=ref, reason=CANCEL_LEASE_LOST, message=why or "lease unknown")
+        step.replies.append((cmd.reply, actor))
+
+    def _on_actor_update(self, cmd: C.ActorUpdate, step: Step) -> None:
+        link = cmd.link
+        key = link.actor_key
+        if key is None or key not in self.fleet.actors:
+            return  # the stream was superseded or closed; its messages no longer count
+        now = step.now_ms
+        projection = self.projection
+        fleet = self.fleet
+        request = cmd.request
+        if request.heartbeats:
+            for ref in request.heartbeats:
+                why = decisions.fence(projection, fleet, key, ref.task_id, ref.attempt, ref.fencing_token, now)
+                if why is None:
+                    fleet.extend(fleet.leases[ref.task_id], now)
+                else:
+                    step.message_for(link).cancels.add(lease=ref, reason=CANCEL_LEASE_LOST, message=why)
+        if request.results:
+            msg = step.message_for(link)
+            for result in request.results:
+                ref = result.lease
+                why = decisions.fence(projection, fleet, key, ref.task_id, ref.attempt, ref.fencing_token, now)
+                if why is None and result.outcome not in decisions.REPORTABLE_OUTCOMES:
+                    why = f"results[].outcome: {result.outcome} is not a reportable outcome"
+                if why is not None:
+                    self.stale_results_rejected += 1
+                    msg.acks.add(lease=ref, accepted=False, reason=why)
+                    continue
+                record = decisions.end_attempt_with_result(projection.tasks[ref.task_id], result, now, self.rand)
+                self._emit_attempt_ended(record, step)
+                msg.acks.add(lease=ref, accepted=True)
+
+    def _on_actor_gone(self, cmd: C.ActorGone, step: Step) -> None:
+        key = cmd.link.actor_key
+        if key is None:
+            return
+        actor = self.fleet.actors.get(key)
+        if actor is not None and actor.session is cmd.link:
+            # Its leases stay live until they expire: the actor may reconnect and re-present them.
+            self.fleet.disconnect(key)
+
+    # ---- time and selection ------------------------------------------------------------------
+
+    def _expire_leases(self, step: Step) -> None:
+        now = step.now_ms
+        for lease in list(self.fleet.pop_expired(now)):
+            record = decisions.lost_attempt_record(
+                self.projection, lease.task_id, lease.attempt, lease.token, now, self.rand,
+                f"lease expired: no heartbeat from actor {lease.actor_key[0]!r} for {self.fleet.lease_ttl_ms} ms")
+            self._push_cancel(lease.task_id, lease.attempt, lease.token, CANCEL_LEASE_LOST, "lease expired", step)
+            if record is not None:
+                self._emit_attempt_ended(record, step)
+            else:
+                self.fleet.release(lease.task_id)
+
+    def _fire_timers(self, step: Step) -> None:
+        now = step.now_ms
+        projection = self.projection
+        for kind, task_id, attempt in projection.pop_due_timers(now):
+            record = decisions.timer_record(projection, kind, task_id, attempt, now, self.rand)
+            if record is None:
+                continue
+            if record.HasField("attempt_ended"):
+                ended = record.attempt_ended
+                self._push_cancel(task_id, ended.attempt, ended.fencing_token, CANCEL_TIMED_OUT,
+                                  "attempt deadline passed", step)
+                self._emit_attempt_ended(record, step)
+            else:
+                self._emit(record, task_id, step)
+
+    def _grant(self, step: Step) -> None:
+        grants = decisions.select_grants(self.projection, self.fleet)
+        if not grants:
+            return
+        now = step.now_ms
+        projection = self.projection
+        fleet = self.fleet
+        for task, actor in grants:
+            token = projection.highest_token + 1
+            attempt = len(task.attempts) + 1
+            deadline = now + task.execution_timeout_ms
+            key = actor.key
+            record = wal_pb2.WalRecord(lease_granted=wal_pb2.LeaseGranted(
+                task_id=task.task_id, attempt=attempt, fencing_token=token, actor_id=key[0],
+                actor_incarnation=key[1], deadline_unix_ms=deadline))
+            self._emit(record, task.task_id, step)
+            fleet.bind(task.task_id, attempt, token, key, now)
+            spec = task.spec
+            lease = step.message_for(actor.session).leases.add(
+                task_type=task.type, execution_timeout_ms=task.execution_timeout_ms, deadline_unix_ms=deadline)
+            ref = lease.ref
+            ref.task_id = task.task_id
+            ref.attempt = attempt
+            ref.fencing_token = token
+            payload = spec.WhichOneof("payload")
+            if payload == "input":
+                lease.input.CopyFrom(spec.input)
+            elif payload == "input_bytes":
+                lease.input_bytes = spec.input_bytes
+            if spec.labels:
+                lease.labels.update(spec.labels)
+
+    _handlers: dict[type, Callable[["DispatchLoop", Any, Step], None]] = {
+        C.SubmitTasks: _on_submit,
+        C.GetTask: _on_get,
+        C.ListTasks: _on_list,
+        C.CancelTask: _on_cancel,
+        C.WatchTask: _on_watch,
+        C.UnwatchTask: _on_unwatch,
+        C.ClusterStatus: _on_status,
+        C.ActorHello: _on_actor_hello,
+        C.ActorUpdate: _on_actor_update,
+        C.ActorGone: _on_actor_gone,
+    }
+
+
+class _Deferred:
+    """A reply value computed after the commit (so it shows only durable state)."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+
+def actor_status(actor: ConnectedActor) -> admin_service_pb2.ActorStatus:
+    status = admin_service_pb2.ActorStatus(
+        identity=actor.identity, free_slots=actor.free_slots, leases_held=len(actor.held))
+    status.connected_at.FromMilliseconds(actor.connected_ms)
+    return status

@@ -1,0 +1,105 @@
+"""ActorService servicer: one bidirectional stream per actor process.
+
+Owns: the stream protocol's shape (hello first, exactly once), identity validation, and the
+pumping of messages between the stream and the dispatch loop. A malformed stream is closed with a
+status naming the problem; other actors are unaffected. All decisions (fencing, grants, adoption)
+are the loop's.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from corral.v1 import actor_service_pb2_grpc
+
+from ..core.errors import CorralError, InvalidField
+from ..core.spec import TYPE_RE
+from ..dispatch import commands as C
+from ..dispatch.actor_link import ActorLink, LinkClosed
+from ..dispatch.loop import DispatchLoop
+from .status import status_of
+
+log = logging.getLogger("corral.actors")
+
+HELLO_TIMEOUT_S = 30.0
+MAX_SLOTS = 10_000
+MAX_ID_CHARS = 128
+
+
+def validate_identity(identity) -> None:
+    if not identity.actor_id:
+        raise InvalidField("hello.identity.actor_id", "is required")
+    if len(identity.actor_id) > MAX_ID_CHARS:
+        raise InvalidField("hello.identity.actor_id", f"must be at most {MAX_ID_CHARS} characters")
+    if not identity.incarnation:
+        raise InvalidField("hello.identity.incarnation", "is required")
+    if len(identity.incarnation) > MAX_ID_CHARS:
+        raise InvalidField("hello.identity.incarnation", f"must be at most {MAX_ID_CHARS} characters")
+    if identity.slots < 1 or identity.slots > MAX_SLOTS:
+        raise InvalidField("hello.identity.slots", f"must be between 1 and {MAX_SLOTS}, got {identity.slots}")
+    if not identity.task_types:
+        raise InvalidField("hello.identity.task_types", "must name at least one task type")
+    for i, t in enumerate(identity.task_types):
+        if not TYPE_RE.match(t):
+            raise InvalidField(f"hello.identity.task_types[{i}]", "must be 1-128 characters of [A-Za-z0-9._:/-]")
+
+
+class ActorService(actor_service_pb2_grpc.ActorServiceServicer):
+    def __init__(self, loop: DispatchLoop) -> None:
+        self.loop = loop
+
+    async def Connect(self, request_iterator, context):
+        try:
+            first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no hello within {HELLO_TIMEOUT_S:.0f} s")
+            return
+        if first is grpc.aio.EOF:
+            return
+        if not first.HasField("hello"):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "hello: the first message on the stream must introduce the actor")
+            return
+        link = ActorLink(peer=context.peer())
+        try:
+            validate_identity(first.hello.identity)
+            actor = await self.loop.call(lambda f: C.ActorHello(link, first.hello, f))
+        except CorralError as exc:
+            await context.abort(status_of(exc), str(exc))
+            return
+        identity = actor.identity
+        log.info("actor %s (incarnation %s) connected from %s: slots=%d types=%s", identity.actor_id,
+                 identity.incarnation, link.peer, identity.slots, list(identity.task_types))
+        if first.heartbeats or first.results:
+            self.loop.post(C.ActorUpdate(link, first))
+        reader = asyncio.create_task(self._read(link, context))
+        try:
+            while True:
+                message = await link.queue.get()
+                if type(message) is LinkClosed:
+                    if message.code is not None:
+                        await context.abort(message.code, message.details)
+                    return
+                await context.write(message)
+        finally:
+            reader.cancel()
+            self.loop.post(C.ActorGone(link))
+            log.info("actor %s (incarnation %s) disconnected", identity.actor_id, identity.incarnation)
+
+    async def _read(self, link: ActorLink, context) -> None:
+        try:
+            while True:
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    link.close(None, "")
+                    return
+                if request.HasField("hello"):
+                    link.close(grpc.StatusCode.FAILED_PRECONDITION, "hello: sent twice on one stream")
+                    return
+                self.loop.post(C.ActorUpdate(link, request))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the stream broke; the writer ends it
+            link.close(None, f"read failed: {exc!r}")

@@ -1,0 +1,136 @@
+"""TaskService servicer: a thin adapter from gRPC to dispatch-loop commands.
+
+Owns: request validation (shape, sizes, enum values; errors name the field) and the mapping of
+replies to responses. It never touches state: every request becomes a command that the loop
+answers after its WAL batch is durable.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import grpc
+
+from corral.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
+
+from ..core.errors import CorralError, InvalidField, Unavailable
+from ..core.spec import SpecLimits, normalize_spec
+from ..core.states import State
+from ..dispatch import commands as C
+from ..dispatch.loop import DispatchLoop
+from .status import abort
+
+MAX_TASKS_PER_BATCH = 10_000
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1_000
+MAX_TASK_ID_CHARS = 128
+VALID_STATES = frozenset(int(s) for s in State)
+
+
+def require_task_id(task_id: str) -> None:
+    if not task_id:
+        raise InvalidField("task_id", "is required")
+    if len(task_id) > MAX_TASK_ID_CHARS:
+        raise InvalidField("task_id", f"must be at most {MAX_TASK_ID_CHARS} characters")
+
+
+def encode_page_token(ordinal: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{ordinal}".encode()).decode() if ordinal else ""
+
+
+def decode_page_token(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+        if not text.startswith("o:"):
+            raise ValueError
+        return int(text[2:])
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidField("page_token", "is not a token returned by ListTasks") from None
+
+
+class TaskService(task_service_pb2_grpc.TaskServiceServicer):
+    def __init__(self, loop: DispatchLoop, limits: SpecLimits) -> None:
+        self.loop = loop
+        self.limits = limits
+
+    async def _submit(self, specs: list[task_pb2.TaskSpec], fields: list[str]):
+        now_ms = self.loop.now_ms()
+        for spec, field in zip(specs, fields):
+            normalize_spec(spec, field, self.limits, now_ms)
+        return await self.loop.call(lambda f: C.SubmitTasks(specs, fields, f))
+
+    async def SubmitTask(self, request, context):
+        try:
+            if not request.HasField("task"):
+                raise InvalidField("task", "is required")
+            [(task_id, created, state)] = await self._submit([request.task], ["task"])
+            return task_service_pb2.SubmitTaskResponse(task_id=task_id, created=created, state=state)
+        except CorralError as exc:
+            await abort(context, exc)
+
+    async def SubmitTasks(self, request, context):
+        try:
+            n = len(request.tasks)
+            if n == 0:
+                raise InvalidField("tasks", "must hold at least one task")
+            if n > MAX_TASKS_PER_BATCH:
+                raise InvalidField("tasks", f"holds {n} tasks, more than the limit of {MAX_TASKS_PER_BATCH} per call")
+            specs = list(request.tasks)
+            results = await self._submit(specs, [f"tasks[{i}]" for i in range(n)])
+            resp = task_service_pb2.SubmitTasksResponse()
+            add = resp.results.add
+            for task_id, created, state in results:
+                add(task_id=task_id, created=created, state=state)
+            return resp
+        except CorralError as exc:
+            await abort(context, exc)
+
+    async def GetTask(self, request, context):
+        try:
+            require_task_id(request.task_id)
+            view = await self.loop.call(lambda f: C.GetTask(request.task_id, f))
+            return task_service_pb2.GetTaskResponse(task=view)
+        except CorralError as exc:
+            await abort(context, exc)
+
+    async def ListTasks(self, request, context):
+        try:
+            for i, state in enumerate(request.states):
+                if state not in VALID_STATES:
+                    raise InvalidField(f"states[{i}]", f"unknown state {state}")
+            if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
+                raise InvalidField("page_size", f"must be between 0 and {MAX_PAGE_SIZE}, got {request.page_size}")
+            after = decode_page_token(request.page_token)
+            size = request.page_size or DEFAULT_PAGE_SIZE
+            views, last = await self.loop.call(lambda f: C.ListTasks(request, after, size, f))
+            return task_service_pb2.ListTasksResponse(tasks=views, next_page_token=encode_page_token(last))
+        except CorralError as exc:
+            await abort(context, exc)
+
+    async def CancelTask(self, request, context):
+        try:
+            require_task_id(request.task_id)
+            if len(request.reason) > 1024:
+                raise InvalidField("reason", "must be at most 1024 characters")
+            view = await self.loop.call(lambda f: C.CancelTask(request.task_id, request.reason, f))
+            return task_service_pb2.CancelTaskResponse(task=view)
+        except CorralError as exc:
+            await abort(context, exc)
+
+    async def WatchTask(self, request, context):
+        queue: asyncio.Queue = asyncio.Queue()
+        try:
+            require_task_id(request.task_id)
+            view = await self.loop.call(lambda f: C.WatchTask(request.task_id, queue, f))
+        except CorralError as exc:
+            await abort(context, exc)
+            return
+        try:
+            await context.write(task_service_pb2.WatchTaskResponse(task=view))
+            while view.state not in (State.SUCCEEDED, State.FAILED, State.CANCELED):
+                view = await queue.get()
+                await context.write(task_service_pb2.WatchTaskResponse(task=view))
+        finally:
+            self.loop.post(C.UnwatchTask(request.task_id, queue))
