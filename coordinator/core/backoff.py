@@ -91,7 +91,7 @@ def retry_delay_ms(policy: BackoffPolicy, retry_number: int, draw: float) -> int
         try:
             base = policy.initial_ms * policy.multiplier**exponent
         except OverflowError:
-            base = float(policy.max_ms)
+            base = float(policy.max_ms) if policy.initial_ms else 0.0
         base = min(base, float(policy.max_ms))
     if policy.jitter is JitterKind.FULL:
         delay = base * draw

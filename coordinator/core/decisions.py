@@ -172,7 +172,10 @@ def select_grants(projection: Projection, fleet: Fleet) -> list[tuple[TaskRecord
     """Ready tasks matched to actors with free slots: priority first, FIFO within a priority.
 
     Ready queues are per (type, required capabilities); only queues with at least one eligible
-    actor with a free slot are looked at, so tasks nobody can run cost nothing per step.
+    actor with a free slot are looked at, so tasks nobody can run cost nothing per step. Among
+    eligible actors the most specialised one (fewest task types) with a free slot is preferred,
+    then the one with the most free slots, so generalists stay free for what only they can run.
+    Pure: the ready queues are left as they were (heads taken are pushed back).
     """
     if projection.ready_count == 0:
         return []
@@ -180,9 +183,10 @@ def select_grants(projection: Projection, fleet: Fleet) -> list[tuple[TaskRecord
     if not free_actors:
         return []
     tasks = projection.tasks
+    queues = projection.ready_queues
     frontier: list[tuple[int, int, str, tuple]] = []
     eligible: dict[tuple, list[ConnectedActor]] = {}
-    for key, queue in projection.ready_queues.items():
+    for key, queue in queues.items():
         if not queue:
             continue
         task_type, caps = key
@@ -190,26 +194,32 @@ def select_grants(projection: Projection, fleet: Fleet) -> list[tuple[TaskRecord
                   if task_type in a.task_types and (not caps or caps <= a.capabilities)]
         if not actors:
             continue
+        actors.sort(key=lambda a: len(a.task_types))
         eligible[key] = actors
         _push_head(frontier, queue, tasks, key)
     grants: list[tuple[TaskRecord, ConnectedActor]] = []
-    taken: dict[ActorKey, int] = {}  # slots used by this selection, per actor
+    taken_heads: list[tuple[tuple, tuple[int, int, str]]] = []
+    used: dict[ActorKey, int] = {}  # slots used by this selection, per actor
     while frontier:
         _, _, task_id, key = heapq.heappop(frontier)
-        queue = projection.ready_queues[key]
-        actors = eligible[key]
         best = None
-        best_free = 0
-        for a in actors:
-            free = a.free_slots - taken.get(a.key, 0)
-            if free > best_free:
-                best, best_free = a, free
+        best_rank = (0, 0)
+        for a in eligible[key]:
+            free = a.free_slots - used.get(a.key, 0)
+            if free <= 0:
+                continue
+            rank = (-len(a.task_types), free)
+            if best is None or rank > best_rank:
+                best, best_rank = a, rank
         if best is None:
             continue  # every eligible actor is full: the rest of this queue waits
-        heapq.heappop(queue)
-        taken[best.key] = taken.get(best.key, 0) + 1
+        queue = queues[key]
+        taken_heads.append((key, heapq.heappop(queue)))
+        used[best.key] = used.get(best.key, 0) + 1
         grants.append((tasks[task_id], best))
         _push_head(frontier, queue, tasks, key)
+    for key, entry in taken_heads:
+        heapq.heappush(queues[key], entry)
     return grants
 
 

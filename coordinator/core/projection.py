@@ -152,6 +152,8 @@ class Projection:
         attempt = task.current_attempt
         if attempt is None or attempt.number != ev.attempt or attempt.fencing_token != ev.fencing_token:
             raise CorruptProjection(f"task {ev.task_id!r}: attempt {ev.attempt} token {ev.fencing_token} is not current")
+        if task.state != State.RUNNING or attempt.outcome != task_pb2.ATTEMPT_OUTCOME_UNSPECIFIED:
+            raise CorruptProjection(f"task {ev.task_id!r}: attempt {ev.attempt} has already ended")
         attempt.ended_ms = now_ms
         attempt.outcome = ev.outcome
         if ev.HasField("error"):
@@ -159,7 +161,9 @@ class Projection:
         outcome = ev.outcome
         if outcome == task_pb2.ATTEMPT_OUTCOME_FAILED or outcome == task_pb2.ATTEMPT_OUTCOME_TIMED_OUT:
             task.failed_attempts += 1
-        elif outcome == task_pb2.ATTEMPT_OUTCOME_LOST:
+        elif outcome == task_pb2.ATTEMPT_OUTCOME_LOST or (
+                outcome == task_pb2.ATTEMPT_OUTCOME_CANCELED and ev.next_state != State.CANCELED):
+            # Lost, or handed back by its actor without a cancel request: both count as lost.
             task.lost_attempts += 1
         next_state = ev.next_state
         self._set_state(task, next_state, now_ms)
@@ -175,6 +179,9 @@ class Projection:
 
     def _apply_state_changed(self, ev: wal_pb2.TaskStateChanged, now_ms: int) -> None:
         task = self._task(ev.task_id)
+        if task.state == State.RUNNING or ev.state == State.RUNNING:
+            raise CorruptProjection(
+                f"task {ev.task_id!r}: TaskStateChanged cannot start or end an attempt ({task.state} -> {ev.state})")
         if task.state == State.READY:
             self.ready_count -= 1
         self._set_state(task, ev.state, now_ms)
@@ -210,7 +217,8 @@ class Projection:
     def fingerprint(self) -> str:
         """A digest of everything durable, equal for equal projections."""
         h = hashlib.sha256()
-        h.update(repr((self.highest_token, self.last_seq, sorted(self.idempotency.items()))).encode())
+        # last_seq is the WAL's position, not state: live records get their seq at commit.
+        h.update(repr((self.highest_token, sorted(self.idempotency.items()))).encode())
         for task_id in sorted(self.tasks):
             h.update(repr(self.tasks[task_id].as_tuple()).encode())
         for actor_id in sorted(self.actors_seen):

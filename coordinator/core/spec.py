@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from corral.v1 import task_pb2
 
-from .backoff import BackoffPolicy, InvalidBackoff
+from .backoff import BackoffKind, BackoffPolicy, InvalidBackoff, JitterKind
 from .errors import InvalidField
 
 TASK_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -50,11 +50,11 @@ def _duration_ms(field: str, d, *, allow_zero: bool) -> int:
 
 def normalize_spec(spec: task_pb2.TaskSpec, field: str, limits: SpecLimits, now_ms: int) -> None:
     """Validate `spec` in place and fill its defaults. `field` is the path prefix for errors."""
-    if spec.task_id and not TASK_ID_RE.match(spec.task_id):
+    if spec.task_id and not TASK_ID_RE.fullmatch(spec.task_id):
         raise InvalidField(f"{field}.task_id", "must be 1-128 characters of [A-Za-z0-9._:-]")
     if not spec.type:
         raise InvalidField(f"{field}.type", "is required")
-    if not TYPE_RE.match(spec.type):
+    if not TYPE_RE.fullmatch(spec.type):
         raise InvalidField(f"{field}.type", "must be 1-128 characters of [A-Za-z0-9._:/-]")
     payload = spec.WhichOneof("payload")
     if payload == "input_bytes":
@@ -75,11 +75,11 @@ def normalize_spec(spec: task_pb2.TaskSpec, field: str, limits: SpecLimits, now_
         retry.max_attempts = DEFAULT_MAX_ATTEMPTS
     if retry.max_lost_attempts == 0:
         retry.max_lost_attempts = DEFAULT_MAX_LOST_ATTEMPTS
-    if spec.retry.HasField("backoff"):
-        try:
-            BackoffPolicy.from_proto(spec.retry.backoff)
-        except InvalidBackoff as e:
-            raise InvalidField(f"{field}.retry.backoff.{e.field}", e.message) from None
+    try:
+        policy = BackoffPolicy.from_proto(retry.backoff) if retry.HasField("backoff") else DEFAULT_BACKOFF
+    except InvalidBackoff as e:
+        raise InvalidField(f"{field}.retry.backoff.{e.field}", e.message) from None
+    write_backoff(policy, retry.backoff)
 
     if spec.HasField("execution_timeout"):
         _duration_ms(f"{field}.execution_timeout", spec.execution_timeout, allow_zero=False)
@@ -106,8 +106,23 @@ def normalize_spec(spec: task_pb2.TaskSpec, field: str, limits: SpecLimits, now_
     if len(spec.required_capabilities) > MAX_CAPABILITIES:
         raise InvalidField(f"{field}.required_capabilities", f"at most {MAX_CAPABILITIES}")
     for i, cap in enumerate(spec.required_capabilities):
-        if not CAPABILITY_RE.match(cap):
+        if not CAPABILITY_RE.fullmatch(cap):
             raise InvalidField(f"{field}.required_capabilities[{i}]", "must be 1-128 characters of [A-Za-z0-9._:/-]")
+
+
+DEFAULT_BACKOFF = BackoffPolicy()
+_KIND_TO_PROTO = {BackoffKind.FIXED: task_pb2.BACKOFF_KIND_FIXED, BackoffKind.EXPONENTIAL: task_pb2.BACKOFF_KIND_EXPONENTIAL}
+_JITTER_TO_PROTO = {JitterKind.NONE: task_pb2.JITTER_NONE, JitterKind.FULL: task_pb2.JITTER_FULL,
+                    JitterKind.EQUAL: task_pb2.JITTER_EQUAL}
+
+
+def write_backoff(policy: BackoffPolicy, msg: task_pb2.Backoff) -> None:
+    """Write every field of `policy` into `msg`, so the WAL holds no implicit default."""
+    msg.kind = _KIND_TO_PROTO[policy.kind]
+    msg.initial.FromMilliseconds(policy.initial_ms)
+    msg.multiplier = policy.multiplier
+    msg.max.FromMilliseconds(policy.max_ms)
+    msg.jitter = _JITTER_TO_PROTO[policy.jitter]
 
 
 def spec_fingerprint(spec: task_pb2.TaskSpec) -> bytes:

@@ -48,12 +48,14 @@ class IllegalTransition(Exception):
     """A state change the table does not allow (a bug, or a WAL that was not written by us)."""
 
     def __init__(self, task_id: str, from_state: int, to_state: int) -> None:
-        super().__init__(
-            f"task {task_id}: illegal transition {State(from_state).name} -> {State(to_state).name}"
-        )
+        super().__init__(f"task {task_id}: illegal transition {_name(from_state)} -> {_name(to_state)}")
         self.task_id = task_id
         self.from_state = from_state
         self.to_state = to_state
+
+
+def _name(state: int) -> str:
+    return State(state).name if state in State._value2member_map_ else f"unknown state {state}"
 
 
 def is_terminal(state: int) -> bool:
@@ -65,5 +67,6 @@ def can_transition(from_state: int, to_state: int) -> bool:
 
 
 def check_transition(task_id: str, from_state: int, to_state: int) -> None:
-    if to_state not in TRANSITIONS[from_state]:  # type: ignore[index]
+    allowed = TRANSITIONS.get(from_state)  # type: ignore[call-overload]
+    if allowed is None or to_state not in allowed:
         raise IllegalTransition(task_id, from_state, to_state)

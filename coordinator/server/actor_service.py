@@ -42,7 +42,7 @@ def validate_identity(identity) -> None:
     if not identity.task_types:
         raise InvalidField("hello.identity.task_types", "must name at least one task type")
     for i, t in enumerate(identity.task_types):
-        if not TYPE_RE.match(t):
+        if not TYPE_RE.fullmatch(t):
             raise InvalidField(f"hello.identity.task_types[{i}]", "must be 1-128 characters of [A-Za-z0-9._:/-]")
 
 

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from corral.v1 import (admin_service_pb2, admin_service_pb2_grpc, task_pb2, task_service_pb2,
                        task_service_pb2_grpc)
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = (task_pb2.TASK_STATE_SUCCEEDED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELED)
 
 
@@ -70,7 +71,8 @@ class Cluster:
         self._logs += 1
         log = open(self.workdir / f"{self._logs:02d}-{name}.log", "wb")
         proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, cwd=self.workdir)
+                                env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+                                cwd=self.workdir)
         log.close()
         self._all.append(proc)
         return proc
