@@ -93,13 +93,20 @@ def end_attempt(task: TaskRecord, outcome: int, error: task_pb2.TaskError | None
         else:
             next_state = State.RETRY_WAIT
             ready_at_ms = now_ms + retry_delay_ms(task.backoff, failed, draw())
-    ended = wal_pb2.AttemptEnded(
-        task_id=task.task_id, attempt=attempt.number, fencing_token=attempt.fencing_token,
-        outcome=outcome, next_state=next_state, ready_at_unix_ms=ready_at_ms, reason=reason,
-    )
+    record = wal_pb2.WalRecord()
+    ended = record.attempt_ended
+    ended.task_id = task.task_id
+    ended.attempt = attempt.number
+    ended.fencing_token = attempt.fencing_token
+    ended.outcome = outcome
+    ended.next_state = next_state
+    if ready_at_ms:
+        ended.ready_at_unix_ms = ready_at_ms
+    if reason:
+        ended.reason = reason
     if error is not None:
         ended.error.CopyFrom(error)
-    return wal_pb2.WalRecord(attempt_ended=ended)
+    return record
 
 
 def end_attempt_with_result(task: TaskRecord, result, now_ms: int, draw: Draw) -> wal_pb2.WalRecord:
@@ -199,23 +206,27 @@ def select_grants(projection: Projection, fleet: Fleet) -> list[tuple[TaskRecord
         _push_head(frontier, queue, tasks, key)
     grants: list[tuple[TaskRecord, ConnectedActor]] = []
     taken_heads: list[tuple[tuple, tuple[int, int, str]]] = []
-    used: dict[ActorKey, int] = {}  # slots used by this selection, per actor
+    free = {a.key: a.free_slots for a in free_actors}  # what this selection leaves, per actor
+    heappop = heapq.heappop
     while frontier:
-        _, _, task_id, key = heapq.heappop(frontier)
+        _, _, task_id, key = heappop(frontier)
         best = None
-        best_rank = (0, 0)
+        best_free = 0
+        best_types = 0
+        # Actors are sorted by specialisation: take the most specialised level that has room,
+        # and within it the actor with the most free slots.
         for a in eligible[key]:
-            free = a.free_slots - used.get(a.key, 0)
-            if free <= 0:
-                continue
-            rank = (-len(a.task_types), free)
-            if best is None or rank > best_rank:
-                best, best_rank = a, rank
+            n_types = len(a.task_types)
+            if best is not None and n_types > best_types:
+                break
+            f = free[a.key]
+            if f > best_free:
+                best, best_free, best_types = a, f, n_types
         if best is None:
             continue  # every eligible actor is full: the rest of this queue waits
         queue = queues[key]
-        taken_heads.append((key, heapq.heappop(queue)))
-        used[best.key] = used.get(best.key, 0) + 1
+        taken_heads.append((key, heappop(queue)))
+        free[best.key] = best_free - 1
         grants.append((tasks[task_id], best))
         _push_head(frontier, queue, tasks, key)
     for key, entry in taken_heads:

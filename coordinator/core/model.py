@@ -9,8 +9,11 @@ from __future__ import annotations
 from corral.v1 import task_pb2, wal_pb2
 
 from .backoff import BackoffPolicy
+from .durations import to_ms
 
 DEFAULT_BACKOFF = BackoffPolicy()
+# Policies are immutable and few distinct ones exist: parse each serialized form once.
+_BACKOFF_CACHE: dict[bytes, BackoffPolicy] = {}
 
 
 class AttemptRecord:
@@ -42,7 +45,7 @@ class TaskRecord:
         "task_id", "spec", "type", "priority", "queue_key", "state", "created_ms", "updated_ms",
         "ready_at_ms", "eligible_since_ms", "ready_order", "attempts", "failed_attempts",
         "lost_attempts", "max_attempts", "max_lost_attempts", "execution_timeout_ms",
-        "schedule_to_start_ms", "backoff", "cancel_requested", "cancel_reason", "state_reason",
+        "schedule_to_start_ms", "cancel_requested", "cancel_reason", "state_reason",
         "error", "result", "started_once", "ordinal",
     )
 
@@ -66,11 +69,10 @@ class TaskRecord:
         retry = spec.retry
         self.max_attempts = retry.max_attempts
         self.max_lost_attempts = retry.max_lost_attempts
-        self.execution_timeout_ms = spec.execution_timeout.ToMilliseconds()
+        self.execution_timeout_ms = to_ms(spec.execution_timeout)
         self.schedule_to_start_ms = (
-            spec.schedule_to_start_timeout.ToMilliseconds() if spec.HasField("schedule_to_start_timeout") else 0
+            to_ms(spec.schedule_to_start_timeout) if spec.HasField("schedule_to_start_timeout") else 0
         )
-        self.backoff = BackoffPolicy.from_proto(retry.backoff) if retry.HasField("backoff") else DEFAULT_BACKOFF
         self.cancel_requested = False
         self.cancel_reason = ""
         self.state_reason = ""
@@ -80,6 +82,18 @@ class TaskRecord:
         self.started_once = False
         # Submission order (1, 2, ...): the order ListTasks pages through.
         self.ordinal = 0
+
+    @property
+    def backoff(self) -> BackoffPolicy:
+        """The retry backoff; parsed when a retry needs it (most tasks never do)."""
+        msg = self.spec.retry.backoff
+        key = msg.SerializeToString(deterministic=True)
+        policy = _BACKOFF_CACHE.get(key)
+        if policy is None:
+            policy = BackoffPolicy.from_proto(msg) if self.spec.retry.HasField("backoff") else DEFAULT_BACKOFF
+            if len(_BACKOFF_CACHE) < 1024:
+                _BACKOFF_CACHE[key] = policy
+        return policy
 
     @property
     def current_attempt(self) -> AttemptRecord | None:

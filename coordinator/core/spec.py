@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from corral.v1 import task_pb2
 
 from .backoff import BackoffKind, BackoffPolicy, InvalidBackoff, JitterKind
+from .durations import set_ms, to_ms
 from .errors import InvalidField
 
 TASK_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -40,7 +41,7 @@ class SpecLimits:
 def _duration_ms(field: str, d, *, allow_zero: bool) -> int:
     if d.seconds < 0 or d.nanos < 0:
         raise InvalidField(field, "must not be negative")
-    ms = d.ToMilliseconds()
+    ms = to_ms(d)
     if ms == 0 and not allow_zero:
         raise InvalidField(field, "must be positive (leave it unset for the default)")
     if ms > MAX_TIMEOUT_MS:
@@ -75,23 +76,26 @@ def normalize_spec(spec: task_pb2.TaskSpec, field: str, limits: SpecLimits, now_
         retry.max_attempts = DEFAULT_MAX_ATTEMPTS
     if retry.max_lost_attempts == 0:
         retry.max_lost_attempts = DEFAULT_MAX_LOST_ATTEMPTS
-    try:
-        policy = BackoffPolicy.from_proto(retry.backoff) if retry.HasField("backoff") else DEFAULT_BACKOFF
-    except InvalidBackoff as e:
-        raise InvalidField(f"{field}.retry.backoff.{e.field}", e.message) from None
-    write_backoff(policy, retry.backoff)
+    if retry.HasField("backoff"):
+        try:
+            policy = BackoffPolicy.from_proto(retry.backoff)
+        except InvalidBackoff as e:
+            raise InvalidField(f"{field}.retry.backoff.{e.field}", e.message) from None
+        write_backoff(policy, retry.backoff)
+    else:
+        retry.backoff.CopyFrom(DEFAULT_BACKOFF_PROTO)
 
     if spec.HasField("execution_timeout"):
         _duration_ms(f"{field}.execution_timeout", spec.execution_timeout, allow_zero=False)
     else:
-        spec.execution_timeout.FromMilliseconds(DEFAULT_EXECUTION_TIMEOUT_MS)
+        set_ms(spec.execution_timeout, DEFAULT_EXECUTION_TIMEOUT_MS)
     if spec.HasField("schedule_to_start_timeout"):
         _duration_ms(f"{field}.schedule_to_start_timeout", spec.schedule_to_start_timeout, allow_zero=False)
     if spec.HasField("not_before"):
         nb = spec.not_before
         if nb.seconds < 0 or nb.nanos < 0:
             raise InvalidField(f"{field}.not_before", "must be after 1970-01-01")
-        if nb.ToMilliseconds() > now_ms + MAX_NOT_BEFORE_AHEAD_MS:
+        if to_ms(nb) > now_ms + MAX_NOT_BEFORE_AHEAD_MS:
             raise InvalidField(f"{field}.not_before", "must be within a year from now")
 
     if len(spec.idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
@@ -119,10 +123,14 @@ _JITTER_TO_PROTO = {JitterKind.NONE: task_pb2.JITTER_NONE, JitterKind.FULL: task
 def write_backoff(policy: BackoffPolicy, msg: task_pb2.Backoff) -> None:
     """Write every field of `policy` into `msg`, so the WAL holds no implicit default."""
     msg.kind = _KIND_TO_PROTO[policy.kind]
-    msg.initial.FromMilliseconds(policy.initial_ms)
+    set_ms(msg.initial, policy.initial_ms)
     msg.multiplier = policy.multiplier
-    msg.max.FromMilliseconds(policy.max_ms)
+    set_ms(msg.max, policy.max_ms)
     msg.jitter = _JITTER_TO_PROTO[policy.jitter]
+
+
+DEFAULT_BACKOFF_PROTO = task_pb2.Backoff()
+write_backoff(DEFAULT_BACKOFF, DEFAULT_BACKOFF_PROTO)
 
 
 def spec_fingerprint(spec: task_pb2.TaskSpec) -> bytes:

@@ -32,6 +32,7 @@ import grpc
 from corral.v1 import actor_service_pb2, admin_service_pb2, task_pb2, wal_pb2
 
 from ..core import decisions
+from ..core.durations import to_ms
 from ..core.errors import AlreadyExists, CorralError, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from ..core.fleet import ConnectedActor, Fleet
 from ..core.projection import Projection
@@ -43,6 +44,7 @@ from . import commands as C
 from .actor_link import ActorLink
 
 log = logging.getLogger("corral.dispatch")
+WalRecord = wal_pb2.WalRecord
 
 CANCEL_REQUESTED = actor_service_pb2.CANCEL_REASON_REQUESTED
 CANCEL_TIMED_OUT = actor_service_pb2.CANCEL_REASON_TIMED_OUT
@@ -291,10 +293,15 @@ class DispatchLoop:
             if existing_id is None and spec.task_id in tasks:  # duplicate within this batch
                 results.append((spec.task_id, False, tasks[spec.task_id].state))
                 continue
-            ready_at = spec.not_before.ToMilliseconds() if spec.HasField("not_before") else now
+            ready_at = to_ms(spec.not_before) if spec.HasField("not_before") else now
             state = State.SCHEDULED if ready_at > now else State.READY
-            record = wal_pb2.WalRecord(task_submitted=wal_pb2.TaskSubmitted(
-                task_id=spec.task_id, spec=spec, state=state, ready_at_unix_ms=ready_at))
+            # Built in place: nested constructors would copy the spec twice.
+            record = WalRecord()
+            event = record.task_submitted
+            event.task_id = spec.task_id
+            event.spec.CopyFrom(spec)
+            event.state = state
+            event.ready_at_unix_ms = ready_at
             self._emit(record, spec.task_id, step)
             results.append((spec.task_id, True, state))
         step.replies.append((cmd.reply, results))
@@ -514,9 +521,13 @@ class DispatchLoop:
             attempt = len(task.attempts) + 1
             deadline = now + task.execution_timeout_ms
             key = actor.key
-            record = wal_pb2.WalRecord(lease_granted=wal_pb2.LeaseGranted(
-                task_id=task.task_id, attempt=attempt, fencing_token=token, actor_id=key[0],
-                actor_incarnation=key[1], deadline_unix_ms=deadline))
+            record = WalRecord()
+            event = record.lease_granted
+            event.task_id = task.task_id
+            event.attempt = attempt
+            event.fencing_token = token
+            event.actor_id, event.actor_incarnation = key
+            event.deadline_unix_ms = deadline
             self._emit(record, task.task_id, step)
             fleet.bind(task.task_id, attempt, token, key, now)
             spec = task.spec

@@ -13,6 +13,7 @@ Not a test: figures depend on the machine; report them with the machine noted.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,23 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_report(cluster: Cluster, before: dict[str, float]) -> str:
+    now = {name: cpu_seconds(pid) for name, pid in cluster_pids(cluster).items()}
+    now["client"] = time.process_time()
+    return ", ".join(f"{name} {now[name] - before.get(name, 0.0):.2f} s" for name in now)
+
+
+def cluster_pids(cluster: Cluster) -> dict[str, int]:
+    pids = {"coordinator": cluster.coordinator.pid}
+    pids.update({name: proc.pid for name, proc in cluster.actors.items()})
+    return pids
+
+
 def collect_start_times(cluster: Cluster, expected: int) -> dict[str, float]:
     started: dict[str, float] = {}
     token = ""
@@ -55,6 +73,8 @@ def collect_start_times(cluster: Cluster, expected: int) -> dict[str, float]:
 
 def run_throughput(cluster: Cluster, n: int, batch: int) -> None:
     submitted_at: dict[str, float] = {}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in cluster_pids(cluster).items()}
+    cpu_before["client"] = time.process_time()
     t0 = time.perf_counter()
     for i in range(0, n, batch):
         specs = [task_pb2.TaskSpec(type="stamp") for _ in range(min(batch, n - i))]
@@ -69,12 +89,14 @@ def run_throughput(cluster: Cluster, n: int, batch: int) -> None:
 
     wait_for(done, 600, f"{n} tasks to succeed", interval_s=0.005)
     elapsed = time.perf_counter() - t0
+    cpu = cpu_report(cluster, cpu_before)
     starts = collect_start_times(cluster, n)
     latencies_ms = [(starts[tid] - submitted_at[tid]) * 1000 for tid in submitted_at]
     print(f"tasks: {n} in {elapsed:.2f} s (SubmitTasks batches of {batch}, 2 actors)")
     print(f"throughput: {n / elapsed:.0f} tasks/s")
     print(f"submit-to-start latency: p50 {percentile(latencies_ms, 50):.1f} ms, p99 {percentile(latencies_ms, 99):.1f} ms")
     print(f"coordinator peak RSS: {peak_rss_mib(cluster.coordinator.pid):.0f} MiB")
+    print(f"CPU time during the run: {cpu}")
 
 
 def run_latency(cluster: Cluster, n: int, rate_per_s: float) -> None:

@@ -1,0 +1,30 @@
+"""Corral actor library: write task handlers and run them against a coordinator.
+
+Example (``myapp.py``), run with ``corral actor --coordinator localhost:7070 --app myapp``::
+
+    from actor import App, AttemptContext, NonRetryableError
+
+    app = App()
+
+    @app.handler("resize")
+    async def resize(input: dict, ctx: AttemptContext) -> dict:
+        if "url" not in input:
+            raise NonRetryableError("input needs a url")   # FAILED, not retried
+        ctx.cancel_token.raise_if_canceled()                # honour cancellation
+        return {"url": input["url"], "token": ctx.fencing_token}
+
+Sync handlers (``def``) run in a thread pool sized to the slot count; async ones on the loop.
+"""
+
+from actor.app import App
+from actor.cancellation import CancellationToken
+from actor.context import AttemptContext
+from actor.errors import AttemptCanceled, NonRetryableError
+
+__all__ = [
+    "App",
+    "AttemptCanceled",
+    "AttemptContext",
+    "CancellationToken",
+    "NonRetryableError",
+]

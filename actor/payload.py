@@ -1,0 +1,71 @@
+"""Conversions between the wire payloads and Python values.
+
+Owns the mapping of ``Lease.payload`` (``input`` Value | ``input_bytes``) to the handler's input,
+and of the handler's return value to ``AttemptResult.result`` (``output`` Value | ``output_bytes``).
+
+Invariants:
+- Input: a ``google.protobuf.Value`` becomes JSON-like Python (dict / list / str / float / bool /
+  None). All numbers arrive as floats (``3`` is seen as ``3.0``): JSON numbers in a Value are
+  doubles. ``input_bytes`` becomes ``bytes``. A lease with no payload gives ``None``.
+- Output: ``bytes``/``bytearray``/``memoryview`` -> ``output_bytes``; ``None`` -> NO result field
+  set (the task then has no output; a null Value is never sent); anything else must be
+  JSON-serializable (dict with str keys, list, tuple, str, int, float, bool, None; no NaN/inf) and
+  becomes ``output``.
+- A return value that cannot be encoded never raises out of this module: ``encode_output`` raises
+  ``OutputNotSerializable``, which the attempt runner turns into a FAILED result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from corral.v1 import actor_service_pb2
+
+OUTPUT_NOT_SERIALIZABLE = "OutputNotSerializable"
+
+
+class OutputNotSerializable(Exception):
+    """The handler returned a value that is neither bytes, None, nor JSON-serializable."""
+
+
+def decode_input(lease: actor_service_pb2.Lease) -> Any:
+    """The handler input carried by ``lease``."""
+    which = lease.WhichOneof("payload")
+    if which == "input":
+        return value_to_python(lease.input)
+    if which == "input_bytes":
+        return bytes(lease.input_bytes)
+    return None
+
+
+def value_to_python(value: struct_pb2.Value) -> Any:
+    """``google.protobuf.Value`` -> JSON-like Python."""
+    return json_format.MessageToDict(value)
+
+
+def python_to_value(obj: Any) -> struct_pb2.Value:
+    """JSON-like Python -> ``google.protobuf.Value``; raises ``OutputNotSerializable``."""
+    value = struct_pb2.Value()
+    try:
+        json_format.ParseDict(obj, value)
+    except (json_format.ParseError, TypeError, ValueError, RecursionError) as exc:
+        raise OutputNotSerializable(
+            f"handler returned a value that is not JSON-serializable "
+            f"({type(obj).__name__}): {exc}"
+        ) from None
+    return value
+
+
+def encode_output(result: actor_service_pb2.AttemptResult, obj: Any) -> None:
+    """Set ``result``'s output from the handler's return value ``obj``.
+
+    ``None`` leaves the result oneof unset. Raises ``OutputNotSerializable`` (result untouched).
+    """
+    if obj is None:
+        return
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        result.output_bytes = bytes(obj)
+        return
+    result.output.CopyFrom(python_to_value(obj))
