@@ -10,6 +10,7 @@ Owns: start-up and shutdown order.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Callable
@@ -48,6 +49,18 @@ def replay(wal: WriteAheadLog, projection: Projection, truncate_corrupt: bool) -
     return applied
 
 
+# The projection holds millions of long-lived objects that are never garbage: the default
+# thresholds make the cyclic collector rescan them constantly (measured: ~20% of dispatch CPU).
+GC_THRESHOLDS = (50_000, 50, 100)
+
+
+def tune_gc() -> None:
+    """Move everything alive now (the replayed projection) out of the collector's sight."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 class Coordinator:
     def __init__(self, config: CoordinatorConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -71,6 +84,7 @@ class Coordinator:
             heartbeat_interval_ms=config.heartbeat_interval_ms, max_queued_commands=config.max_queued_commands,
             clock=self.clock)
         restored = self.loop.restore_leases()
+        tune_gc()
         log.info("replayed %d WAL records (%d tasks, %d running attempts kept for re-adoption) in %.3f s",
                  applied, len(projection.tasks), restored, time.perf_counter() - started)
         self._loop_task = asyncio.create_task(self.loop.run(), name="dispatch-loop")
