@@ -24,7 +24,7 @@ from .fleet import ActorKey, ConnectedActor, Fleet
 from .model import TaskRecord
 from .projection import (TIMER_ATTEMPT_DEADLINE, TIMER_PROMOTE, TIMER_SCHEDULE_TO_START,
                          Projection)
-from .states import State
+from .states import RUNNING, State
 
 Draw = Callable[[], float]
 
@@ -44,9 +44,9 @@ def fence(projection: Projection, fleet: Fleet, actor_key: ActorKey, task_id: st
     task = projection.tasks.get(task_id)
     if task is None:
         return f"unknown task {task_id}"
-    current = task.current_attempt
-    if current is None or task.state != State.RUNNING:
+    if task.state != RUNNING:
         return f"task {task_id} is {State(task.state).name}, not running"
+    current = task.attempts[-1]
     if current.number != attempt or current.fencing_token != token:
         return (f"stale: attempt {attempt} token {token} is not current "
                 f"(current attempt {current.number} token {current.fencing_token})")

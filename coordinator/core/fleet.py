@@ -19,6 +19,7 @@ from typing import Any, Iterator
 from corral.v1 import task_pb2
 
 ActorKey = tuple[str, str]  # (actor_id, incarnation)
+EXPIRY_COMPACT_SLACK = 4096
 
 
 class ConnectedActor:
@@ -84,6 +85,10 @@ class Fleet:
         lease = Lease(task_id, attempt, token, actor_key, now_ms + self.lease_ttl_ms)
         self.leases[task_id] = lease
         heapq.heappush(self._expiry, (lease.expires_ms, task_id, token))
+        if len(self._expiry) > 2 * len(self.leases) + EXPIRY_COMPACT_SLACK:
+            # Released leases leave their entries behind until due: rebuild from the live ones.
+            self._expiry = [(lease.expires_ms, lease.task_id, lease.token) for lease in self.leases.values()]
+            heapq.heapify(self._expiry)
         actor = self.actors.get(actor_key)
         if actor is not None:
             actor.held.add(task_id)

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections import Counter
 from typing import Iterable, Iterator
 
 from corral.v1 import task_pb2, wal_pb2
 
 from .model import AttemptRecord, TaskRecord
-from .states import State, check_transition, is_terminal
+from .states import READY, State, check_transition, is_terminal
 
 # Durable timer kinds.
 TIMER_PROMOTE = 1          # SCHEDULED / RETRY_WAIT -> READY at ready_at_ms
@@ -30,6 +29,7 @@ TIMER_SCHEDULE_TO_START = 2  # READY too long before its first attempt
 TIMER_ATTEMPT_DEADLINE = 3   # RUNNING past its attempt deadline (+ grace)
 
 QueueKey = tuple[str, frozenset[str]]
+TIMERS_COMPACT_MIN = 4096
 
 
 class CorruptProjection(Exception):
@@ -44,13 +44,14 @@ class Projection:
         self.ready_queues: dict[QueueKey, list[tuple[int, int, str]]] = {}
         self.ready_count = 0
         self.timers: list[tuple[int, int, int, str, int]] = []
+        self._timers_compact_at = TIMERS_COMPACT_MIN
         self._timer_order = 0
         self._ready_order = 0
         self.highest_token = 0
         self.last_seq = 0
         self.submitted_count = 0
         self.actors_seen: dict[str, task_pb2.ExecutorIdentity] = {}
-        self.state_counts: Counter[int] = Counter()
+        self.state_counts: dict[int, int] = {int(s): 0 for s in State}
         self._appliers = {
             "task_submitted": self._apply_submitted,
             "lease_granted": self._apply_lease_granted,
@@ -86,13 +87,14 @@ class Projection:
         return task
 
     def _set_state(self, task: TaskRecord, state: int, now_ms: int) -> None:
-        check_transition(task.task_id, task.state, state)
+        previous = task.state
+        check_transition(task.task_id, previous, state)
         counts = self.state_counts
-        counts[task.state] -= 1
+        counts[previous] -= 1
         counts[state] += 1
         task.state = state
         task.updated_ms = now_ms
-        if state == State.READY:
+        if state == READY:
             self._enqueue_ready(task, now_ms)
 
     def _enqueue_ready(self, task: TaskRecord, now_ms: int) -> None:
@@ -111,6 +113,25 @@ class Projection:
     def _add_timer(self, due_ms: int, kind: int, task_id: str, attempt: int) -> None:
         self._timer_order += 1
         heapq.heappush(self.timers, (due_ms, self._timer_order, kind, task_id, attempt))
+        if len(self.timers) > self._timers_compact_at:
+            self._compact_timers()
+
+    def _timer_applies(self, kind: int, task_id: str, attempt: int) -> bool:
+        task = self.tasks.get(task_id)
+        if task is None:
+            return False
+        if kind == TIMER_ATTEMPT_DEADLINE:
+            return task.state == State.RUNNING and task.attempts[-1].number == attempt
+        if kind == TIMER_PROMOTE:
+            return task.state == State.SCHEDULED or task.state == State.RETRY_WAIT
+        return task.state == READY and not task.started_once
+
+    def _compact_timers(self) -> None:
+        """Drop timers that can no longer fire (every finished attempt leaves its deadline timer
+        behind), so the heap stays proportional to the live tasks, not to the throughput."""
+        self.timers = [t for t in self.timers if self._timer_applies(t[2], t[3], t[4])]
+        heapq.heapify(self.timers)
+        self._timers_compact_at = max(TIMERS_COMPACT_MIN, 2 * len(self.timers))
 
     def _apply_submitted(self, ev: wal_pb2.TaskSubmitted, now_ms: int) -> None:
         if ev.task_id in self.tasks:
