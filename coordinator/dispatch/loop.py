@@ -61,14 +61,15 @@ def new_task_id(now_ms: int) -> str:
 class Step:
     """What one step has done so far; effects wait for the commit."""
 
-    __slots__ = ("now_ms", "records", "replies", "outbox", "changed")
+    __slots__ = ("now_ms", "records", "replies", "outbox", "watched_views")
 
     def __init__(self, now_ms: int) -> None:
         self.now_ms = now_ms
         self.records: list[wal_pb2.WalRecord] = []
         self.replies: list[tuple[asyncio.Future, Any]] = []
         self.outbox: dict[ActorLink, actor_service_pb2.ConnectResponse] = {}
-        self.changed: set[str] = set()
+        # (task_id, view after each of its records) for watched tasks, delivered after the commit.
+        self.watched_views: list[tuple[str, task_pb2.Task]] = []
 
     def message_for(self, link: ActorLink) -> actor_service_pb2.ConnectResponse:
         msg = self.outbox.get(link)
@@ -216,8 +217,8 @@ class DispatchLoop:
                 future.set_result(value.make() if type(value) is _Deferred else value)
         for link, message in step.outbox.items():
             link.send(message)
-        if step.changed and self._watchers:
-            self._notify_watchers(step.changed)
+        if step.watched_views:
+            self._notify_watchers(step.watched_views)
 
     def _handle(self, command: Any, step: Step) -> None:
         handler = self._handlers.get(type(command))
@@ -230,8 +231,9 @@ class DispatchLoop:
     def _emit(self, record: wal_pb2.WalRecord, task_id: str, step: Step) -> None:
         self.projection.apply(record, step.now_ms)
         step.records.append(record)
-        if self._watchers:
-            step.changed.add(task_id)
+        if task_id in self._watchers:
+            # One view per record, so a watcher sees every committed state, even two in one step.
+            step.watched_views.append((task_id, task_view(self.projection.tasks[task_id])))
 
     def _emit_attempt_ended(self, record: wal_pb2.WalRecord, step: Step) -> None:
         task_id = record.attempt_ended.task_id
@@ -375,16 +377,14 @@ class DispatchLoop:
             if not queues:
                 del self._watchers[cmd.task_id]
 
-    def _notify_watchers(self, changed: set[str]) -> None:
-        for task_id in changed:
+    def _notify_watchers(self, views: list[tuple[str, task_pb2.Task]]) -> None:
+        for task_id, view in views:
             queues = self._watchers.get(task_id)
             if not queues:
                 continue
-            task = self.projection.tasks[task_id]
-            view = task_view(task)
             for q in queues:
                 q.put_nowait(view)
-            if is_terminal(task.state):
+            if is_terminal(view.state):
                 del self._watchers[task_id]
 
     def _on_status(self, cmd: C.ClusterStatus, step: Step) -> None:
@@ -443,9 +443,18 @@ class DispatchLoop:
             if why is None and lease is not None:
                 fleet.adopt(lease, actor, now)
                 welcome.adopted.add().CopyFrom(ref)
+                self._repeat_cancel_request(ref, cmd.link, step)
             else:
                 msg.cancels.add(lease=ref, reason=CANCEL_LEASE_LOST, message=why or "lease unknown")
         step.replies.append((cmd.reply, actor))
+
+    def _repeat_cancel_request(self, ref: actor_service_pb2.LeaseRef, link: ActorLink, step: Step) -> None:
+        """A canceled task's attempt is still running: (re)send the cancel. The first push may
+        have found the actor disconnected; actors ignore a cancel they already acted on."""
+        task = self.projection.tasks[ref.task_id]
+        if task.cancel_requested:
+            step.message_for(link).cancels.add(
+                lease=ref, reason=CANCEL_REQUESTED, message=task.cancel_reason or "canceled by request")
 
     def _on_actor_update(self, cmd: C.ActorUpdate, step: Step) -> None:
         link = cmd.link
@@ -461,6 +470,7 @@ class DispatchLoop:
                 why = decisions.fence(projection, fleet, key, ref.task_id, ref.attempt, ref.fencing_token, now)
                 if why is None:
                     fleet.extend(fleet.leases[ref.task_id], now)
+                    self._repeat_cancel_request(ref, link, step)
                 else:
                     step.message_for(link).cancels.add(lease=ref, reason=CANCEL_LEASE_LOST, message=why)
         if request.results:
