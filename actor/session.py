@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 FATAL_CODES = frozenset({
     grpc.StatusCode.INVALID_ARGUMENT,
+    # e.g. this incarnation was superseded by a newer process with the same actor id.
+    grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.UNAUTHENTICATED,
 })

@@ -23,7 +23,7 @@ from .core.projection import Projection
 from .dispatch.loop import DispatchLoop
 from .server.grpc_server import SERVICE_NAMES, build_server
 from .storage.codec import CorruptRecordError
-from .storage.wal import WriteAheadLog
+from .storage.wal import HIGHEST_TOKEN_KEY, WriteAheadLog
 
 log = logging.getLogger("corral.coordinator")
 
@@ -78,6 +78,10 @@ class Coordinator:
         self.wal = await asyncio.to_thread(WriteAheadLog, config.data_dir, map_size_bytes=config.wal_map_size_bytes)
         projection = Projection(deadline_grace_ms=int(config.deadline_grace_s * 1000))
         applied = await asyncio.to_thread(replay, self.wal, projection, config.truncate_corrupt_wal)
+        stored = self.wal.get_meta(HIGHEST_TOKEN_KEY)
+        if stored is not None and int.from_bytes(stored, "big") > projection.highest_token:
+            # Grants were truncated away with a corrupt tail: never reissue their tokens.
+            projection.highest_token = int.from_bytes(stored, "big")
         fleet = Fleet(lease_ttl_ms=config.lease_ttl_ms)
         self.loop = DispatchLoop(
             self.wal, projection, fleet, coordinator_id=config.effective_coordinator_id,

@@ -51,6 +51,7 @@ class Projection:
         self.last_seq = 0
         self.submitted_count = 0
         self.actors_seen: dict[str, task_pb2.ExecutorIdentity] = {}
+        self.retired_incarnations: set[tuple[str, str]] = set()
         self.state_counts: dict[int, int] = {int(s): 0 for s in State}
         self._appliers = {
             "task_submitted": self._apply_submitted,
@@ -221,6 +222,10 @@ class Projection:
     def _apply_actor_registered(self, ev: wal_pb2.ActorRegistered, now_ms: int) -> None:
         identity = task_pb2.ExecutorIdentity()
         identity.CopyFrom(ev.identity)
+        previous = self.actors_seen.get(identity.actor_id)
+        if previous is not None and previous.incarnation != identity.incarnation:
+            # A new process took the actor id: the old one is gone for good and may not come back.
+            self.retired_incarnations.add((previous.actor_id, previous.incarnation))
         self.actors_seen[identity.actor_id] = identity
 
     # ---- queries used by the decisions ------------------------------------------------------
@@ -239,7 +244,8 @@ class Projection:
         """A digest of everything durable, equal for equal projections."""
         h = hashlib.sha256()
         # last_seq is the WAL's position, not state: live records get their seq at commit.
-        h.update(repr((self.highest_token, sorted(self.idempotency.items()))).encode())
+        h.update(repr((self.highest_token, sorted(self.idempotency.items()),
+                       sorted(self.retired_incarnations))).encode())
         for task_id in sorted(self.tasks):
             h.update(repr(self.tasks[task_id].as_tuple()).encode())
         for actor_id in sorted(self.actors_seen):

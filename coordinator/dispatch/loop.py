@@ -39,7 +39,7 @@ from ..core.projection import Projection
 from ..core.spec import spec_fingerprint
 from ..core.states import State, is_terminal
 from ..core.views import task_view
-from ..storage.wal import WriteAheadLog
+from ..storage.wal import HIGHEST_TOKEN_KEY, WriteAheadLog
 from . import commands as C
 from .actor_link import ActorLink
 
@@ -194,6 +194,7 @@ class DispatchLoop:
 
     async def _step(self, commands: list[Any]) -> None:
         step = Step(self.now_ms())
+        highest_token_before = self.projection.highest_token
         for command in commands:
             try:
                 self._handle(command, step)
@@ -205,12 +206,14 @@ class DispatchLoop:
         self._fire_timers(step)
         self._grant(step)
         if step.records:
+            highest = self.projection.highest_token
+            meta = {HIGHEST_TOKEN_KEY: highest.to_bytes(8, "big")} if highest != highest_token_before else None
             if len(step.records) <= INLINE_COMMIT_MAX_RECORDS:
                 # Light load: a thread hop costs more latency than the loop loses while it fsyncs.
-                self.wal.append_batch(step.records, step.now_ms)
+                self.wal.append_batch(step.records, step.now_ms, meta)
             else:
                 # Heavy load: commands keep arriving (and group) while another thread fsyncs.
-                await asyncio.to_thread(self.wal.append_batch, step.records, step.now_ms)
+                await asyncio.to_thread(self.wal.append_batch, step.records, step.now_ms, meta)
         self.steps += 1
         for future, value in step.replies:
             if not future.done():
@@ -410,6 +413,10 @@ class DispatchLoop:
         if key in fleet.actors:
             raise AlreadyExists(
                 f"hello.identity: actor {identity.actor_id!r} incarnation {identity.incarnation!r} is already connected")
+        if key in self.projection.retired_incarnations:
+            raise FailedPrecondition(
+                f"hello.identity.incarnation: incarnation {identity.incarnation!r} of actor {identity.actor_id!r} was "
+                f"superseded by a newer process with the same actor id; this process must stop")
         now = step.now_ms
         previous = fleet.by_actor_id.get(identity.actor_id)
         if previous is not None:

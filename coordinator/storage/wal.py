@@ -40,6 +40,11 @@ _READ_CHUNK_RECORDS = 1024
 _T = TypeVar("_T")
 
 
+# Meta key: the highest fencing token ever granted, written in the same transaction as the grant,
+# so it survives even a truncation of the WAL tail (see coordinator.replay).
+HIGHEST_TOKEN_KEY = b"highest_fencing_token"
+
+
 class WriteAheadLog:
     """The durable, append-only log of ``WalRecord``s. See the module docstring."""
 
@@ -71,9 +76,11 @@ class WriteAheadLog:
         """Number of ``append_batch`` calls that committed since open."""
         return self._commits
 
-    def append_batch(self, records: list[wal_pb2.WalRecord], at_unix_ms: int) -> int:
-        """Stamp ``records`` in place with the next seqs and ``at_unix_ms``, write them in one
-        transaction and commit it (the durability point). Returns the new last_seq.
+    def append_batch(self, records: list[wal_pb2.WalRecord], at_unix_ms: int,
+                     meta: dict[bytes, bytes] | None = None) -> int:
+        """Stamp ``records`` in place with the next seqs and ``at_unix_ms``, write them (and the
+        ``meta`` key/values, if any) in one transaction and commit it (the durability point).
+        Returns the new last_seq.
 
         On failure nothing is written, last_seq is unchanged, the records get back their
         previous seq/at_unix_ms, and the exception propagates.
@@ -82,7 +89,7 @@ class WriteAheadLog:
             return self._last_seq
         previous = [(r, r.seq, r.at_unix_ms) for r in records if isinstance(r, wal_pb2.WalRecord)]
         try:
-            self._growing_map_as_needed(lambda: self._write_batch(records, at_unix_ms))
+            self._growing_map_as_needed(lambda: self._write_batch(records, at_unix_ms, meta))
         except BaseException:
             for record, seq, at in previous:
                 record.seq = seq
@@ -92,7 +99,8 @@ class WriteAheadLog:
         self._commits += 1
         return self._last_seq
 
-    def _write_batch(self, records: list[wal_pb2.WalRecord], at_unix_ms: int) -> None:
+    def _write_batch(self, records: list[wal_pb2.WalRecord], at_unix_ms: int,
+                     meta: dict[bytes, bytes] | None = None) -> None:
         # Leaving the `with` block by an exception aborts the transaction; normally it commits.
         with self._env.begin(write=True, db=self._wal_db) as txn:
             for index, record in enumerate(records):
@@ -103,6 +111,9 @@ class WriteAheadLog:
                 record.at_unix_ms = at_unix_ms
                 if not txn.put(seq_key(seq), encode_record(record), append=True):
                     raise RuntimeError(f"WAL seq {seq} is not past the last stored key; log changed underneath")
+            if meta:
+                for key, value in meta.items():
+                    txn.put(key, value, db=self._meta_db)
 
     def _growing_map_as_needed(self, write: Callable[[], _T]) -> _T:
         """Run ``write`` (one whole write transaction); on MapFullError double the map and rerun it."""

@@ -147,3 +147,40 @@ class Cluster:
             task = self.get(task_id)
             return task if task.state in states else None
         return wait_for(reached, timeout_s, f"task {task_id} to reach {[task_pb2.TaskState.Name(s) for s in states]}")
+
+
+# ---- WAL surgery (only while no coordinator has the data dir open) -------------------------------
+
+def _open_wal_env(data_dir: Path):
+    import lmdb
+
+    env = lmdb.open(str(data_dir), subdir=True, max_dbs=4, map_size=16 << 30)
+    return env, env.open_db(b"wal")
+
+
+def read_wal(data_dir: Path) -> list:
+    """Every WAL record in `data_dir`, in seq order (decoded and checked like the coordinator does)."""
+    from coordinator.storage.codec import decode_record, key_seq
+
+    env, wal_db = _open_wal_env(data_dir)
+    try:
+        with env.begin(db=wal_db) as txn:
+            return [decode_record(key_seq(key), value) for key, value in txn.cursor()]
+    finally:
+        env.close()
+
+
+def corrupt_wal_record(data_dir: Path, seq: int) -> None:
+    """Flip one byte in the middle of the payload of WAL record `seq` (its checksum no longer matches)."""
+    from coordinator.storage.codec import seq_key
+
+    env, wal_db = _open_wal_env(data_dir)
+    try:
+        with env.begin(write=True, db=wal_db) as txn:
+            value = txn.get(seq_key(seq))
+            assert value is not None, f"no WAL record {seq}"
+            corrupted = bytearray(value)
+            corrupted[4 + (len(value) - 4) // 2] ^= 0xFF  # value = 4-byte crc32 + payload
+            txn.put(seq_key(seq), bytes(corrupted))
+    finally:
+        env.close()
