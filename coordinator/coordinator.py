@@ -110,6 +110,8 @@ class Coordinator:
     async def stop(self) -> None:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self.loop is not None:
+            self.loop.close_streams("coordinator is shutting down")
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace_s)
         if self.loop is not None:

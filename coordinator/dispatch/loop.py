@@ -170,6 +170,16 @@ class DispatchLoop:
         self._stopping = True
         self._wakeup.set()
 
+    def close_streams(self, reason: str) -> None:
+        """Shutdown: end every actor stream and watch, so the server's grace is not spent waiting
+        on streams that never end by themselves. Actors reconnect to the next coordinator."""
+        for actor in list(self.fleet.actors.values()):
+            actor.session.close(grpc.StatusCode.UNAVAILABLE, reason)
+        for queues in self._watchers.values():
+            for q in queues:
+                q.put_nowait(None)
+        self._watchers.clear()
+
     @property
     def fatal_error(self) -> BaseException | None:
         return self._fatal

@@ -131,6 +131,8 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             await context.write(task_service_pb2.WatchTaskResponse(task=view))
             while view.state not in (State.SUCCEEDED, State.FAILED, State.CANCELED):
                 view = await queue.get()
+                if view is None:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down; watch again")
                 await context.write(task_service_pb2.WatchTaskResponse(task=view))
         finally:
             self.loop.post(C.UnwatchTask(request.task_id, queue))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 
 import grpc
 import pytest
@@ -216,3 +217,25 @@ def test_corrupt_wal_record_stops_startup_unless_truncation_is_asked_for(make_cl
     cluster.start_actor("after-restart", slots=4)
     for task_id in [*task_ids[:seq - 1], new_id]:
         assert cluster.wait_state(task_id, TERMINAL, timeout_s=20).state == SUCCEEDED_STATE
+
+
+def test_sigterm_ends_actor_streams_and_exits_promptly_then_actors_reconnect(make_cluster):
+    """SIGTERM closes actor streams and watches instead of waiting out the shutdown grace for them;
+    the actors keep running and reconnect to the next coordinator by themselves."""
+    cluster = make_cluster(coordinator_flags=("--shutdown-grace-s", "20"))
+    cluster.start_coordinator()
+    actor = cluster.start_actor("survivor", slots=2)
+    watched = cluster.submit("nobody-runs-this")
+    watch = cluster.tasks.WatchTask(task_service_pb2.WatchTaskRequest(task_id=watched), timeout=30)
+    assert next(watch).task.state == task_pb2.TASK_STATE_READY
+    started = time.monotonic()
+    cluster.coordinator.send_signal(signal.SIGTERM)
+    assert cluster.coordinator.wait(timeout=15) == 0
+    assert time.monotonic() - started < 10, "shutdown waited for streams that never end"
+    with pytest.raises(grpc.RpcError) as info:
+        next(watch)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert actor.poll() is None, "the actor must survive a coordinator shutdown"
+    cluster.start_coordinator()
+    wait_for(lambda: "survivor" in cluster.connected_actor_ids(), 20, "the actor to reconnect")
+    assert cluster.wait_state(cluster.submit("echo", {"after": "restart"})).state == SUCCEEDED_STATE
