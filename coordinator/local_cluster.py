@@ -16,7 +16,9 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from corral.v1 import admin_service_pb2, admin_service_pb2_grpc
+from google.protobuf import json_format
+
+from corral.v1 import admin_service_pb2, admin_service_pb2_grpc, task_pb2, task_service_pb2, task_service_pb2_grpc
 
 USAGE = """
 Corral is running: coordinator on {target} (data in {data_dir}), 2 actors with the demo handlers
@@ -52,6 +54,19 @@ def wait_ready(target: str, actors: int, deadline_s: float) -> None:
     raise TimeoutError(f"cluster on {target} not ready within {deadline_s} s")
 
 
+def demo_task(target: str) -> None:
+    """Run one echo task end to end, so the quick start shows the whole path working."""
+    with grpc.insecure_channel(target) as channel:
+        stub = task_service_pb2_grpc.TaskServiceStub(channel)
+        spec = task_pb2.TaskSpec(type="echo")
+        json_format.ParseDict({"hello": "world"}, spec.input)
+        task_id = stub.SubmitTask(task_service_pb2.SubmitTaskRequest(task=spec), timeout=10).task_id
+        for update in stub.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task_id), timeout=30):
+            task = update.task
+        output = json_format.MessageToJson(task.output, indent=None)
+        print(f"demo: echo task {task_id} -> {task_pb2.TaskState.Name(task.state)}, output {output}\n", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--listen", default=os.environ.get("CORRAL_LISTEN", "127.0.0.1:7070"))
@@ -69,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--actor-id", f"local-actor-{i + 1}"]))
         wait_ready(args.listen, args.actors, 30)
         print(USAGE.format(target=args.listen, data_dir=os.path.abspath(args.data_dir)), flush=True)
+        demo_task(args.listen)
         stop = {"now": False}
         signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
         while not stop["now"] and all(p.poll() is None for p in procs):
