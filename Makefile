@@ -37,3 +37,9 @@ gen: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# The dev overlay's Kubernetes configuration (deploy/overlays/dev) run as local processes: 1
+# coordinator + its actors, configured only by the manifests' environment (needs kubectl).
+.PHONY: cluster
+cluster: venv
+	$(PY) tools/k8s_stand_in.py

@@ -39,6 +39,7 @@ from actor.errors import AttemptCanceled, NonRetryableError
 from actor.handler_pool import HandlerThreadPool
 from actor.payload import OUTPUT_NOT_SERIALIZABLE, OutputNotSerializable, decode_input, encode_output
 from corral.v1 import actor_service_pb2, task_pb2
+from corral_telemetry.logs import task_fields, trace_id_of
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +338,7 @@ class AttemptRunner:
         log.warning(
             "task %s attempt %d (%s): handler still running %gs after it was asked to stop "
             "(%s); abandoned", self.key[0], self.key[1], self.lease.task_type, self.grace_s,
-            self.token.reason,
+            self.token.reason, extra=self.log_fields(),
         )
         self._finish_ending(Ending.ABANDONED)
 
@@ -389,7 +390,7 @@ class AttemptRunner:
             log.info(
                 "task %s attempt %d (%s) failed: %s: %s", self.key[0], self.key[1],
                 self.lease.task_type, decision.kind, decision.message,
-                exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
+                exc_info=exc if log.isEnabledFor(logging.DEBUG) else None, extra=self.log_fields(),
             )
         self._finish(decision, value)
 
@@ -410,7 +411,11 @@ class AttemptRunner:
             try:
                 self._on_done(self, result)
             except Exception:  # noqa: BLE001 - never let a callback break the runner
-                log.exception("on_done callback failed for task %s", self.key[0])
+                log.exception("on_done callback failed for task %s", self.key[0], extra=self.log_fields())
+
+    def log_fields(self) -> dict[str, Any]:
+        """``extra=`` for a log line about this attempt: task_id, attempt, trace_id."""
+        return task_fields(self.key[0], self.key[1], trace_id_of(self.lease.trace_context))
 
     def __repr__(self) -> str:
         state = "done" if self.result is not None else ("stopping" if self.cause else "running")

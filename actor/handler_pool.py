@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
@@ -68,7 +69,9 @@ class HandlerThreadPool(Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot submit after shutdown")
-            self._queue.put((fut, fn, args, kwargs))
+            # The handler runs in a copy of the caller's context (its trace span, its task's log
+            # fields: actor/telemetry.py), as an async handler's task would.
+            self._queue.put((fut, contextvars.copy_context().run, (fn, *args), kwargs))
             if self._idle > 0:
                 self._idle -= 1  # that idle thread will take this item
             elif self._threads < self.capacity:

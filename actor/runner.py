@@ -4,8 +4,10 @@ Owns argument parsing (``build_parser``), loading the user's ``App`` (``load_app
 setup, signal handling and the process exit code.
 
 Invariants:
-- Every flag can also come from the environment (CORRAL_COORDINATOR, CORRAL_APP, CORRAL_SLOTS,
-  CORRAL_ACTOR_ID, CORRAL_ACTOR_GRACE_S); an explicit flag wins over the environment.
+- Every setting is a flag and an environment variable, listed once in ``SETTINGS`` (the table the
+  README's Configuration section mirrors); an explicit flag wins over the environment, which wins
+  over the default. A bad value stops start-up (exit 2) with a message naming the flag and the
+  variable (``resolve_settings``).
 - The first SIGTERM/SIGINT stops the actor gracefully (running attempts get up to ``--grace-s`` to
   finish, results are flushed); a second one stops it at once. Either way the exit code is 0.
 - Exit codes: 0 after a stop by signal, 2 for bad arguments, an unloadable app or a coordinator
@@ -22,7 +24,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from actor.app import App
 from actor.errors import ActorRejected
@@ -35,6 +38,41 @@ ENV_APP = "CORRAL_APP"
 ENV_SLOTS = "CORRAL_SLOTS"
 ENV_ACTOR_ID = "CORRAL_ACTOR_ID"
 ENV_GRACE_S = "CORRAL_ACTOR_GRACE_S"
+ENV_LABELS = "CORRAL_ACTOR_LABELS"
+ENV_LOG_LEVEL = "CORRAL_LOG_LEVEL"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class ActorSetting:
+    """One actor setting: ``dest`` in the parsed arguments, its flag and environment variable."""
+
+    dest: str
+    flag: str
+    env: str
+    default: str
+    help: str
+
+
+# The actor's settings, one row each (README "Configuration" mirrors this table; the deploy tests
+# check the Kubernetes manifests against it).
+SETTINGS: tuple[ActorSetting, ...] = (
+    ActorSetting("coordinator", "--coordinator", ENV_COORDINATOR, "(required)", "coordinator address HOST:PORT"),
+    ActorSetting("app", "--app", ENV_APP, "(required)",
+                 "MODULE[:ATTR] holding the actor.App (attribute 'app' by default)"),
+    ActorSetting("slots", "--slots", ENV_SLOTS, "1", "attempts run at once"),
+    ActorSetting("actor_id", "--actor-id", ENV_ACTOR_ID, "HOSTNAME-PID",
+                 "stable actor name; keep it stable per pod so a restart ends the old incarnation's leases"),
+    ActorSetting("grace_s", "--grace-s", ENV_GRACE_S, "5",
+                 "seconds a canceled or timed-out handler gets before it is abandoned, and running attempts"
+                 " get to finish on stop"),
+    ActorSetting("label", "--label", ENV_LABELS, "none",
+                 "actor labels: the flag KEY=VALUE is repeatable, the variable is KEY=VALUE,KEY=VALUE"),
+    ActorSetting("log_level", "--log-level", ENV_LOG_LEVEL, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    ActorSetting("metrics_listen", "--metrics-listen", "CORRAL_METRICS_LISTEN", "off",
+                 "serve Prometheus metrics on HOST:PORT, path /metrics (actor/telemetry.py)"),
+)
+SETTINGS_BY_DEST = {s.dest: s for s in SETTINGS}
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -55,22 +93,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
             prog="corral actor",
             description="Run task handlers for a Corral coordinator.",
         )
-    parser.add_argument("--coordinator", metavar="HOST:PORT",
-                        help=f"coordinator address (env {ENV_COORDINATOR})")
-    parser.add_argument("--app", metavar="MODULE[:ATTR]",
-                        help=f"module holding the App, attribute 'app' by default (env {ENV_APP})")
-    parser.add_argument("--slots", type=int, metavar="N",
-                        help=f"attempts run at once (env {ENV_SLOTS}; default 1)")
-    parser.add_argument("--actor-id", metavar="ID",
-                        help=f"stable actor name (env {ENV_ACTOR_ID}; default HOSTNAME-PID)")
-    parser.add_argument("--grace-s", type=float, metavar="S",
-                        help="seconds a canceled or timed-out handler gets before it is abandoned,"
-                             f" and to finish running attempts on stop (env {ENV_GRACE_S};"
-                             " default 5)")
-    parser.add_argument("--label", type=_label, action="append", default=[], metavar="KEY=VALUE",
-                        help="actor label (repeatable)")
-    parser.add_argument("--log-level", default=os.environ.get("CORRAL_LOG_LEVEL", "INFO"),
-                        help="logging level (env CORRAL_LOG_LEVEL; default INFO)")
+
+    def helptext(dest: str) -> str:
+        setting = SETTINGS_BY_DEST[dest]
+        return f"{setting.help} (env {setting.env}; default {setting.default})"
+
+    parser.add_argument("--coordinator", metavar="HOST:PORT", help=helptext("coordinator"))
+    parser.add_argument("--app", metavar="MODULE[:ATTR]", help=helptext("app"))
+    parser.add_argument("--slots", type=int, metavar="N", help=helptext("slots"))
+    parser.add_argument("--actor-id", metavar="ID", help=helptext("actor_id"))
+    parser.add_argument("--grace-s", type=float, metavar="S", help=helptext("grace_s"))
+    parser.add_argument("--label", type=_label, action="append", default=None, metavar="KEY=VALUE",
+                        help=helptext("label"))
+    parser.add_argument("--log-level", metavar="LEVEL", help=helptext("log_level"))
+    parser.add_argument("--metrics-listen", metavar="HOST:PORT", help=helptext("metrics_listen"))
     return parser
 
 
@@ -89,10 +125,76 @@ def load_app(spec: str) -> App:
     return obj
 
 
-def _from_env(value: object, env: str) -> str | None:
+class ActorConfigError(ValueError):
+    """A bad or missing actor setting; the message names the flag and the variable."""
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    coordinator: str
+    app: str
+    slots: int
+    actor_id: str
+    grace_s: float
+    labels: dict[str, str]
+    log_level: str
+
+
+def _from_env(value: object, env: str, environ: Mapping[str, str]) -> str | None:
     if value is not None:
         return str(value)
-    return os.environ.get(env) or None
+    return environ.get(env) or None
+
+
+def _labels_from_env(text: str) -> list[tuple[str, str]]:
+    return [_label(item.strip()) for item in text.split(",") if item.strip()]
+
+
+def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ActorConfig:
+    """The actor's settings from parsed flags, then ``environ``, then defaults; validated.
+
+    Raises ``ActorConfigError`` naming the setting (``--slots / CORRAL_SLOTS: ...``)."""
+    environ = os.environ if environ is None else environ
+
+    def bad(dest: str, problem: str) -> ActorConfigError:
+        setting = SETTINGS_BY_DEST[dest]
+        return ActorConfigError(f"{setting.flag} / {setting.env}: {problem}")
+
+    def raw(dest: str) -> str | None:
+        return _from_env(getattr(args, dest, None), SETTINGS_BY_DEST[dest].env, environ)
+
+    values: dict[str, str | None] = {dest: raw(dest) for dest in ("coordinator", "app", "slots", "actor_id",
+                                                                   "grace_s", "log_level")}
+    for dest in ("coordinator", "app"):
+        if not values[dest]:
+            raise bad(dest, "missing (required)")
+    try:
+        slots = int(values["slots"] or 1)
+    except ValueError:
+        raise bad("slots", f"not an integer: {values['slots']!r}") from None
+    if slots < 1:
+        raise bad("slots", f"must be at least 1 (got {slots})")
+    try:
+        grace_s = float(values["grace_s"] or 5.0)
+    except ValueError:
+        raise bad("grace_s", f"not a number: {values['grace_s']!r}") from None
+    if not grace_s >= 0:
+        raise bad("grace_s", f"must not be negative (got {grace_s:g})")
+    log_level = (values["log_level"] or "INFO").upper()
+    if log_level not in LOG_LEVELS:
+        raise bad("log_level", f"must be {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]} "
+                               f"(got {values['log_level']!r})")
+    label_flags = getattr(args, "label", None)
+    if label_flags:  # flags win over the environment, as for every other setting
+        labels = dict(label_flags)
+    else:
+        try:
+            labels = dict(_labels_from_env(environ.get(ENV_LABELS, "")))
+        except argparse.ArgumentTypeError as exc:
+            raise bad("label", str(exc)) from None
+    return ActorConfig(coordinator=str(values["coordinator"]), app=str(values["app"]), slots=slots,
+                       actor_id=values["actor_id"] or default_actor_id(), grace_s=grace_s, labels=labels,
+                       log_level=log_level)
 
 
 def _configure_logging(level: str) -> None:
@@ -105,29 +207,29 @@ def _configure_logging(level: str) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the actor described by parsed ``args``; returns the exit code."""
-    _configure_logging(args.log_level)
-    coordinator = _from_env(args.coordinator, ENV_COORDINATOR)
-    app_spec = _from_env(args.app, ENV_APP)
-    if not coordinator or not app_spec:
-        missing = [n for n, v in (("--coordinator", coordinator), ("--app", app_spec)) if not v]
-        log.error("missing %s (flags or %s / %s)", ", ".join(missing), ENV_COORDINATOR, ENV_APP)
-        return EXIT_USAGE
     try:
-        slots = int(_from_env(args.slots, ENV_SLOTS) or 1)
-        grace_s = float(_from_env(args.grace_s, ENV_GRACE_S) or 5.0)
-    except ValueError as exc:
-        log.error("bad %s / %s: %s", ENV_SLOTS, ENV_GRACE_S, exc)
+        config = resolve_settings(args)
+    except ActorConfigError as exc:
+        print(f"corral actor: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    actor_id = _from_env(args.actor_id, ENV_ACTOR_ID) or default_actor_id()
+    _configure_logging(config.log_level)
+    actor_id = config.actor_id
     try:
-        app = load_app(app_spec)
+        app = load_app(config.app)
     except Exception as exc:  # noqa: BLE001 - report any import problem as usage error
-        log.error("cannot load app %r: %s: %s", app_spec, type(exc).__name__, exc)
+        log.error("cannot load app %r: %s: %s", config.app, type(exc).__name__, exc)
         return EXIT_USAGE
     try:
-        session = ActorSession(coordinator, app, slots=slots, actor_id=actor_id,
-                               labels=dict(args.label), grace_s=grace_s)
+        session = ActorSession(config.coordinator, app, slots=config.slots, actor_id=actor_id,
+                               labels=config.labels, grace_s=config.grace_s)
     except ValueError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    try:  # metrics, traces, JSON logs: whatever is configured (actor/telemetry.py)
+        from actor.telemetry import install as install_telemetry
+
+        install_telemetry(session, metrics_listen=getattr(args, "metrics_listen", None))
+    except (ValueError, OSError, RuntimeError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
     # Per-attempt objects are short-lived and acyclic: collect young garbage less often.

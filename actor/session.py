@@ -47,6 +47,7 @@ from actor.attempt_runner import AttemptRunner, CancelCause, LeaseKey, lease_key
 from actor.errors import ActorRejected
 from actor.handler_pool import HandlerThreadPool
 from corral.v1 import actor_service_pb2, actor_service_pb2_grpc, task_pb2
+from corral_telemetry.logs import task_fields, trace_id_of
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,8 @@ class ActorSession:
         self._changed = asyncio.Event()  # an attempt finished / a result was acked / stop
         self._connected = asyncio.Event()
         self._stop_requested = asyncio.Event()
+        # actor.telemetry.ActorTelemetry (set by actor.telemetry.install), or None: off.
+        self.telemetry: Any = None
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -563,24 +566,27 @@ class ActorSession:
         key = lease_key(lease.ref)
         if key in self._running or key in self._orphans or key in self._unacked:
             log.warning("actor %s: duplicate lease for task %s attempt %d token %d; ignored",
-                        self.actor_id, *key)
+                        self.actor_id, *key, extra=_lease_log_fields(lease))
             return
         if self._draining:
             self.leases_refused += 1
             log.warning("actor %s: stopping; not starting task %s attempt %d (lease will expire)",
-                        self.actor_id, key[0], key[1])
+                        self.actor_id, key[0], key[1], extra=_lease_log_fields(lease))
             return
         if len(self._running) >= self.slots:
             log.warning("actor %s: coordinator granted more leases than slots (%d running, "
                         "%d slots); running task %s anyway", self.actor_id, len(self._running),
-                        self.slots, key[0])
+                        self.slots, key[0], extra=_lease_log_fields(lease))
         runner = AttemptRunner(
             self.app, lease, grace_s=self.grace_s, executor=self._pool,
             on_done=self._on_attempt_done, received_at_s=received_at_s,
         )
         self._running[key] = runner
         self.attempts_started += 1
-        runner.start()
+        if self.telemetry is None:
+            runner.start()
+        else:
+            self.telemetry.start_attempt(runner)  # inside the attempt's span
 
     def _on_cancel(self, cancel: actor_service_pb2.CancelAttempt) -> None:
         key = lease_key(cancel.lease)
@@ -611,7 +617,7 @@ class ActorSession:
         else:
             self.results_rejected += 1
             log.info("actor %s: result for task %s attempt %d rejected: %s", self.actor_id,
-                     key[0], key[1], ack.reason or "no reason given")
+                     key[0], key[1], ack.reason or "no reason given", extra=task_fields(key[0], key[1]))
         self._changed.set()
 
     # -- attempts ---------------------------------------------------------------------------------
@@ -628,6 +634,8 @@ class ActorSession:
         key = runner.key
         self.attempts_finished += 1
         self._changed.set()
+        if self.telemetry is not None:
+            self.telemetry.attempt_done(runner, result, dropped=key not in self._running)
         if self._running.pop(key, None) is None:
             if self._orphans.pop(key, None) is not None:
                 self.results_dropped += 1
@@ -636,6 +644,10 @@ class ActorSession:
         if self._online:
             self._outbox.append(result)
             self._wake.set()
+
+
+def _lease_log_fields(lease: actor_service_pb2.Lease) -> dict[str, Any]:
+    return task_fields(lease.ref.task_id, lease.ref.attempt, trace_id_of(lease.trace_context))
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         except config_mod.ConfigError as exc:
             print(f"corral coordinator: invalid configuration: {exc}", file=sys.stderr)
             return 2
-        logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from corral_telemetry.logs import configure_logging
+        from corral_telemetry.tracing import TracingUnavailable
+
+        configure_logging(config.log_level, config.log_format)
         from .coordinator import WalCorrupt
 
         try:
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         except WalCorrupt as exc:
             print(f"corral coordinator: {exc}", file=sys.stderr)
             return 3
-        except OSError as exc:
+        except (OSError, TracingUnavailable) as exc:
             print(f"corral coordinator: {exc}", file=sys.stderr)
             return 2
     return run_client_command(args)

@@ -51,6 +51,10 @@ def _host_port(text: str) -> str:
     return text
 
 
+def _optional_host_port(text: str) -> str:
+    return _host_port(text) if text else text
+
+
 def _positive(v: float) -> str | None:
     return None if v > 0 else "must be positive"
 
@@ -78,6 +82,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shutdown_grace_s", float, 10.0, "on SIGTERM, how long in-flight RPCs may finish", _positive),
     Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR",
             lambda v: None if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR") else "must be DEBUG, INFO, WARNING or ERROR"),
+    Setting("log_format", str, "text", "text, or json (one JSON object per line, with task_id/attempt/trace_id)",
+            lambda v: None if v.lower() in ("text", "json") else "must be text or json"),
+    Setting("metrics_listen", _optional_host_port, "",
+            "address to serve Prometheus metrics on (HOST:PORT, path /metrics); empty: no metrics"),
+    Setting("otlp_endpoint", str, "",
+            "OTLP/gRPC endpoint to export traces to, e.g. http://otel-collector:4317 (needs corral[otlp]); "
+            "empty: no OTLP export"),
+    Setting("trace_file", str, "", "also write finished spans to this file as JSON lines (tests, debugging; "
+            "/dev/null: trace, but drop the spans unserialized)"),
 )
 
 
@@ -96,6 +109,10 @@ class CoordinatorConfig:
     truncate_corrupt_wal: bool = False
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
+    log_format: str = "text"
+    metrics_listen: str = ""
+    otlp_endpoint: str = ""
+    trace_file: str = ""
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:

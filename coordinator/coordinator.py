@@ -17,6 +17,8 @@ from typing import Callable
 
 from grpc_health.v1 import health_pb2
 
+from corral_telemetry.tracing import configure_tracing, shutdown_tracing
+
 from .config import CoordinatorConfig
 from .core.fleet import Fleet
 from .core.projection import Projection
@@ -24,6 +26,8 @@ from .dispatch.loop import DispatchLoop
 from .server.grpc_server import SERVICE_NAMES, build_server
 from .storage.codec import CorruptRecordError
 from .storage.wal import HIGHEST_TOKEN_KEY, WriteAheadLog
+from .telemetry.metrics import LoopMetrics, start_coordinator_metrics
+from .telemetry.tracing import SubmissionTracing
 
 log = logging.getLogger("corral.coordinator")
 
@@ -71,6 +75,8 @@ class Coordinator:
         self._server = None
         self._health = None
         self._loop_task: asyncio.Task | None = None
+        self._metrics_server = None
+        self.metrics_port = 0
 
     async def start(self) -> None:
         config = self.config
@@ -83,17 +89,24 @@ class Coordinator:
             # Grants were truncated away with a corrupt tail: never reissue their tokens.
             projection.highest_token = int.from_bytes(stored, "big")
         fleet = Fleet(lease_ttl_ms=config.lease_ttl_ms)
+        # Telemetry (coordinator/telemetry/): off unless configured; then one call per loop step.
+        metrics = LoopMetrics(projection) if config.metrics_listen else None
+        tracer = configure_tracing("corral-coordinator", instance_id=config.effective_coordinator_id,
+                                   otlp_endpoint=config.otlp_endpoint, trace_file=config.trace_file)
         self.loop = DispatchLoop(
             self.wal, projection, fleet, coordinator_id=config.effective_coordinator_id,
             heartbeat_interval_ms=config.heartbeat_interval_ms, max_queued_commands=config.max_queued_commands,
-            clock=self.clock)
+            clock=self.clock, metrics=metrics)
         restored = self.loop.restore_leases()
         tune_gc()
         log.info("replayed %d WAL records (%d tasks, %d running attempts kept for re-adoption) in %.3f s",
                  applied, len(projection.tasks), restored, time.perf_counter() - started)
         self._loop_task = asyncio.create_task(self.loop.run(), name="dispatch-loop")
-        self._server, self._health, self.port = build_server(config, self.loop)
+        self._server, self._health, self.port = build_server(config, self.loop, SubmissionTracing(tracer))
         await self._server.start()
+        if metrics is not None:
+            self._metrics_server, self.metrics_port = start_coordinator_metrics(config.metrics_listen, self.loop, metrics)
+            log.info("serving Prometheus metrics on %s (port %d)", config.metrics_listen, self.metrics_port)
         for name in ("",) + SERVICE_NAMES:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         host = config.listen.rpartition(":")[0]
@@ -123,3 +136,6 @@ class Coordinator:
                 pass
         if self.wal is not None:
             self.wal.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        shutdown_tracing()

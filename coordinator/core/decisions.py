@@ -40,7 +40,9 @@ REPORTABLE_OUTCOMES = frozenset({O_SUCCEEDED, O_FAILED, O_CANCELED, O_TIMED_OUT}
 
 def fence(projection: Projection, fleet: Fleet, actor_key: ActorKey, task_id: str, attempt: int,
           token: int, now_ms: int) -> str | None:
-    """None if the message about (task, attempt, token) from `actor_key` is current; else why not."""
+    """None if the message about (task, attempt, token) from `actor_key` is current; else why not.
+
+    `now_ms` is on the fleet's lease clock (monotonic), like every lease expiry."""
     task = projection.tasks.get(task_id)
     if task is None:
         return f"unknown task {task_id}"
@@ -186,7 +188,7 @@ def select_grants(projection: Projection, fleet: Fleet) -> list[tuple[TaskRecord
     """
     if projection.ready_count == 0:
         return []
-    free_actors = [a for a in fleet.actors.values() if a.free_slots > 0]
+    free_actors = [a for a in fleet.actors.values() if a.grantable]
     if not free_actors:
         return []
     tasks = projection.tasks

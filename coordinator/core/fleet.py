@@ -5,6 +5,9 @@ writing each one would cost an fsync for no durable fact. After a coordinator re
 RUNNING attempt gets a fresh lease of one TTL (`restore`), which is the window its actor has to
 reconnect and re-present it.
 
+All times here are on the loop's monotonic clock (ms), so a wall-clock step (NTP, VM resume)
+cannot expire every lease at once or stretch them.
+
 Invariants:
 - An actor is never granted more leases than its slots: free_slots = slots - leases bound to it.
 - A lease is live iff it is in `leases` with expires_ms > now; it is bound to the actor identity
@@ -24,7 +27,7 @@ EXPIRY_COMPACT_SLACK = 4096
 
 class ConnectedActor:
     __slots__ = ("key", "identity", "slots", "task_types", "capabilities", "held", "connected_ms",
-                 "session", "last_grant_order")
+                 "session", "last_grant_order", "suspect", "draining")
 
     def __init__(self, identity: task_pb2.ExecutorIdentity, connected_ms: int, session: Any) -> None:
         self.key: ActorKey = (identity.actor_id, identity.incarnation)
@@ -37,6 +40,15 @@ class ConnectedActor:
         # Opaque to the core: the dispatch layer's handle for sending to this actor.
         self.session = session
         self.last_grant_order = 0
+        # A lease of this actor expired while it stayed connected (stalled event loop, overload):
+        # grant it nothing until it speaks again, so the re-dispatch goes to someone else.
+        self.suspect = False
+        # The actor said it is stopping.
+        self.draining = False
+
+    @property
+    def grantable(self) -> bool:
+        return not (self.suspect or self.draining) and len(self.held) < self.slots
 
     @property
     def free_slots(self) -> int:

@@ -230,12 +230,20 @@ class Projection:
 
     # ---- queries used by the decisions ------------------------------------------------------
 
-    def pop_due_timers(self, now_ms: int) -> Iterator[tuple[int, str, int]]:
-        """Yield (kind, task_id, attempt) of every timer due at `now_ms`, removing them."""
+    def pop_due_timers(self, now_ms: int) -> list[tuple[int, str, int]]:
+        """(kind, task_id, attempt) of every timer due at `now_ms`, removed from the heap.
+
+        A list, not a generator: acting on a timer may add timers (and compact the heap)."""
         timers = self.timers
+        due = []
         while timers and timers[0][0] <= now_ms:
             _, _, kind, task_id, attempt = heapq.heappop(timers)
-            yield kind, task_id, attempt
+            due.append((kind, task_id, attempt))
+        return due
+
+    def defer_timer(self, due_ms: int, kind: int, task_id: str, attempt: int) -> None:
+        """Put a popped timer back for later (an index change only; no state changes)."""
+        self._add_timer(due_ms, kind, task_id, attempt)
 
     def next_timer_ms(self) -> int | None:
         return self.timers[0][0] if self.timers else None

@@ -30,6 +30,9 @@ MAX_LABELS = 64
 MAX_LABEL_KEY_CHARS = 63
 MAX_LABEL_VALUE_CHARS = 256
 MAX_CAPABILITIES = 32
+# W3C traceparent is 55 characters; tracestate at most 32 members (512 characters recommended).
+MAX_TRACE_CONTEXT_ENTRIES = 8
+MAX_TRACE_CONTEXT_VALUE_CHARS = 1024
 MAX_IDEMPOTENCY_KEY_CHARS = 256
 
 
@@ -112,6 +115,13 @@ def normalize_spec(spec: task_pb2.TaskSpec, field: str, limits: SpecLimits, now_
     for i, cap in enumerate(spec.required_capabilities):
         if not CAPABILITY_RE.fullmatch(cap):
             raise InvalidField(f"{field}.required_capabilities[{i}]", "must be 1-128 characters of [A-Za-z0-9._:/-]")
+    if spec.trace_context:
+        if len(spec.trace_context) > MAX_TRACE_CONTEXT_ENTRIES:
+            raise InvalidField(f"{field}.trace_context", f"at most {MAX_TRACE_CONTEXT_ENTRIES} entries")
+        for k, v in spec.trace_context.items():
+            if not k or len(k) > MAX_LABEL_KEY_CHARS or len(v) > MAX_TRACE_CONTEXT_VALUE_CHARS:
+                raise InvalidField(f"{field}.trace_context[{k}]", f"key must be 1-{MAX_LABEL_KEY_CHARS} characters, "
+                                   f"value at most {MAX_TRACE_CONTEXT_VALUE_CHARS}")
 
 
 DEFAULT_BACKOFF = BackoffPolicy()
@@ -134,5 +144,13 @@ write_backoff(DEFAULT_BACKOFF, DEFAULT_BACKOFF_PROTO)
 
 
 def spec_fingerprint(spec: task_pb2.TaskSpec) -> bytes:
-    """Bytes that are equal for two normalised specs that ask for the same task."""
+    """Bytes that are equal for two normalised specs that ask for the same task.
+
+    The trace context is not part of what is asked for (a retry of a submission from another
+    trace is the same task), so it is left out."""
+    if spec.trace_context:
+        copy = task_pb2.TaskSpec()
+        copy.CopyFrom(spec)
+        copy.ClearField("trace_context")
+        spec = copy
     return spec.SerializeToString(deterministic=True)

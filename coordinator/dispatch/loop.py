@@ -35,7 +35,7 @@ from ..core import decisions
 from ..core.durations import to_ms
 from ..core.errors import AlreadyExists, CorralError, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from ..core.fleet import ConnectedActor, Fleet
-from ..core.projection import Projection
+from ..core.projection import TIMER_ATTEMPT_DEADLINE, Projection
 from ..core.spec import spec_fingerprint
 from ..core.states import State, is_terminal
 from ..core.views import task_view
@@ -61,15 +61,19 @@ def new_task_id(now_ms: int) -> str:
 class Step:
     """What one step has done so far; effects wait for the commit."""
 
-    __slots__ = ("now_ms", "records", "replies", "outbox", "watched_views")
+    __slots__ = ("now_ms", "lease_ms", "records", "replies", "outbox", "watched_views", "grants", "ended")
 
-    def __init__(self, now_ms: int) -> None:
-        self.now_ms = now_ms
+    def __init__(self, now_ms: int, lease_ms: int) -> None:
+        self.now_ms = now_ms  # wall clock: what records say and durable timers use
+        self.lease_ms = lease_ms  # monotonic: lease liveness, immune to wall-clock steps
         self.records: list[wal_pb2.WalRecord] = []
         self.replies: list[tuple[asyncio.Future, Any]] = []
         self.outbox: dict[ActorLink, actor_service_pb2.ConnectResponse] = {}
         # (task_id, view after each of its records) for watched tasks, delivered after the commit.
         self.watched_views: list[tuple[str, task_pb2.Task]] = []
+        # For metrics (telemetry/metrics.py), read once after the commit.
+        self.grants: list = []
+        self.ended: list[wal_pb2.WalRecord] = []
 
     def message_for(self, link: ActorLink) -> actor_service_pb2.ConnectResponse:
         msg = self.outbox.get(link)
@@ -89,7 +93,9 @@ class DispatchLoop:
         heartbeat_interval_ms: int,
         max_queued_commands: int = 100_000,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        metrics: Any = None,
     ) -> None:
         self.wal = wal
         self.projection = projection
@@ -98,19 +104,28 @@ class DispatchLoop:
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.max_queued_commands = max_queued_commands
         self.clock = clock
+        self.monotonic = monotonic
         self.rand = rand
         self._inbox: list[Any] = []
         self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
         self._stopping = False
         self._fatal: BaseException | None = None
         self._watchers: dict[str, list[asyncio.Queue]] = {}
         self.steps = 0
+        self._deadline_hold_until_ms = 0
         self.stale_results_rejected = 0
+        self.lease_expiries = 0
+        # telemetry.metrics.LoopMetrics, or None (metrics off): called once per step.
+        self.metrics = metrics
 
     # ---- the servicers' side -----------------------------------------------------------------
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    def lease_ms(self) -> int:
+        return int(self.monotonic() * 1000)
 
     def submit(self, command: Any) -> None:
         """Queue a command for the next step (called from servicers on the same event loop)."""
@@ -127,6 +142,17 @@ class DispatchLoop:
         self.submit(make(future))
         return await future
 
+    @property
+    def inbox_full(self) -> bool:
+        return len(self._inbox) >= self.max_queued_commands
+
+    async def wait_for_room(self) -> None:
+        """For stream readers: wait until the next step has taken the queued commands, so a
+        flooding actor is slowed by gRPC flow control instead of growing the inbox."""
+        while self.inbox_full and not self._stopping:
+            self._room.clear()
+            await self._room.wait()
+
     def post(self, command: Any) -> None:
         """Submit a command that has no reply; dropped silently if the loop is shutting down."""
         if self._fatal is None and not self._stopping:
@@ -137,7 +163,10 @@ class DispatchLoop:
 
     def restore_leases(self) -> int:
         """After replay: give every RUNNING attempt a fresh lease so its actor can re-present it."""
-        now = self.now_ms()
+        now = self.lease_ms()
+        # Attempts may have finished while we were down: give their actors one TTL to reconnect
+        # and report before any attempt deadline that passed meanwhile is enforced.
+        self._deadline_hold_until_ms = self.now_ms() + self.fleet.lease_ttl_ms
         n = 0
         for task in self.projection.tasks.values():
             if task.state == State.RUNNING:
@@ -158,6 +187,7 @@ class DispatchLoop:
                             pass
                 self._wakeup.clear()
                 commands, self._inbox = self._inbox, []
+                self._room.set()
                 await self._step(commands)
         except BaseException as exc:  # noqa: BLE001 - anything here leaves the projection unsafe
             if not isinstance(exc, asyncio.CancelledError):
@@ -169,6 +199,7 @@ class DispatchLoop:
     def stop(self) -> None:
         self._stopping = True
         self._wakeup.set()
+        self._room.set()
 
     def close_streams(self, reason: str) -> None:
         """Shutdown: end every actor stream and watch, so the server's grace is not spent waiting
@@ -192,18 +223,19 @@ class DispatchLoop:
         self._inbox = []
 
     def _seconds_to_next_timer(self) -> float | None:
+        waits = []
         due = self.projection.next_timer_ms()
+        if due is not None:
+            waits.append(due - self.now_ms())
         expiry = self.fleet.next_expiry_ms()
-        if expiry is not None and (due is None or expiry < due):
-            due = expiry
-        if due is None:
-            return None
-        return max(0.0, (due - self.now_ms()) / 1000.0)
+        if expiry is not None:
+            waits.append(expiry - self.lease_ms())
+        return max(0.0, min(waits) / 1000.0) if waits else None
 
     # ---- one step ----------------------------------------------------------------------------
 
     async def _step(self, commands: list[Any]) -> None:
-        step = Step(self.now_ms())
+        step = Step(self.now_ms(), self.lease_ms())
         highest_token_before = self.projection.highest_token
         for command in commands:
             try:
@@ -215,7 +247,9 @@ class DispatchLoop:
         self._expire_leases(step)
         self._fire_timers(step)
         self._grant(step)
+        commit_s = 0.0
         if step.records:
+            commit_started = time.perf_counter()
             highest = self.projection.highest_token
             meta = {HIGHEST_TOKEN_KEY: highest.to_bytes(8, "big")} if highest != highest_token_before else None
             if len(step.records) <= INLINE_COMMIT_MAX_RECORDS:
@@ -224,6 +258,7 @@ class DispatchLoop:
             else:
                 # Heavy load: commands keep arriving (and group) while another thread fsyncs.
                 await asyncio.to_thread(self.wal.append_batch, step.records, step.now_ms, meta)
+            commit_s = time.perf_counter() - commit_started
         self.steps += 1
         for future, value in step.replies:
             if not future.done():
@@ -232,6 +267,8 @@ class DispatchLoop:
             link.send(message)
         if step.watched_views:
             self._notify_watchers(step.watched_views)
+        if self.metrics is not None:  # after the effects: they wait for nothing of this
+            self.metrics.step_committed(step.now_ms, len(step.records), commit_s, step.grants, step.ended)
 
     def _handle(self, command: Any, step: Step) -> None:
         handler = self._handlers.get(type(command))
@@ -252,6 +289,7 @@ class DispatchLoop:
         task_id = record.attempt_ended.task_id
         self._emit(record, task_id, step)
         self.fleet.release(task_id)
+        step.ended.append(record)
 
     def _push_cancel(self, task_id: str, attempt: int, token: int, reason: int, message: str, step: Step) -> None:
         lease = self.fleet.leases.get(task_id)
@@ -281,39 +319,34 @@ class DispatchLoop:
             existing_id = None
             key = spec.idempotency_key
             if key:
-                existing_id = idempotency.get(key) or batch_keys.get(key)
-                if existing_id is not None:
-                    if spec.task_id and spec.task_id != existing_id:
-                        raise AlreadyExists(f"{field}.idempotency_key: {key!r} belongs to task {existing_id}")
-                    spec.task_id = existing_id
+                owner = idempotency.get(key) or batch_keys.get(key)
+                if owner is not None:
+                    if spec.task_id and spec.task_id != owner:
+                        raise AlreadyExists(f"{field}.idempotency_key: {key!r} belongs to task {owner}")
+                    spec.task_id = owner
             if spec.task_id:
-                task = tasks.get(spec.task_id)
                 fp = spec_fingerprint(spec)
-                if task is not None:
-                    if spec_fingerprint(task.spec) != fp:
-                        what = f"idempotency_key {key!r}" if key and existing_id else f"task_id {spec.task_id!r}"
+                task = tasks.get(spec.task_id)
+                known = spec_fingerprint(task.spec) if task is not None else batch_ids.get(spec.task_id)
+                if known is not None:
+                    if known != fp:
+                        what = f"idempotency_key {key!r}" if key else f"task_id {spec.task_id!r}"
                         raise AlreadyExists(f"{field}: {what} already exists with a different spec")
                     existing_id = spec.task_id
-                elif spec.task_id in batch_ids:
-                    if batch_ids[spec.task_id] != fp:
-                        raise AlreadyExists(f"{field}.task_id: {spec.task_id!r} appears twice in the batch with different specs")
-                    existing_id = spec.task_id
-                else:
-                    batch_ids[spec.task_id] = fp
             else:
                 spec.task_id = new_task_id(now)
-            if key and existing_id is None:
-                batch_keys[key] = spec.task_id
+                fp = spec_fingerprint(spec) if key else b""
+            if existing_id is None:
+                # Later specs of this batch may name this one (by id or key): remember it.
+                batch_ids[spec.task_id] = fp
+                if key:
+                    batch_keys[key] = spec.task_id
             plan.append((spec, existing_id))
         # Phase 2: write.
         results = []
         for spec, existing_id in plan:
-            if existing_id is not None:
-                task = tasks[existing_id]
-                results.append((existing_id, False, task.state))
-                continue
-            if existing_id is None and spec.task_id in tasks:  # duplicate within this batch
-                results.append((spec.task_id, False, tasks[spec.task_id].state))
+            if existing_id is not None:  # existed before, or earlier in this batch (written above)
+                results.append((existing_id, False, tasks[existing_id].state))
                 continue
             ready_at = to_ms(spec.not_before) if spec.HasField("not_before") else now
             state = State.SCHEDULED if ready_at > now else State.READY
@@ -456,9 +489,10 @@ class DispatchLoop:
         welcome.heartbeat_interval_ms = self.heartbeat_interval_ms
         for ref in cmd.hello.held_leases:
             lease = fleet.leases.get(ref.task_id)
-            why = decisions.fence(self.projection, fleet, key, ref.task_id, ref.attempt, ref.fencing_token, now)
+            why = decisions.fence(self.projection, fleet, key, ref.task_id, ref.attempt, ref.fencing_token,
+                                  step.lease_ms)
             if why is None and lease is not None:
-                fleet.adopt(lease, actor, now)
+                fleet.adopt(lease, actor, step.lease_ms)
                 welcome.adopted.add().CopyFrom(ref)
                 self._repeat_cancel_request(ref, cmd.link, step)
             else:
@@ -482,11 +516,17 @@ class DispatchLoop:
         projection = self.projection
         fleet = self.fleet
         request = cmd.request
+        actor = fleet.actors[key]
+        actor.suspect = False  # it speaks, so it is alive
+        if request.draining and not actor.draining:
+            actor.draining = True
+            log.info("actor %s (incarnation %s) is draining: no more leases for it", key[0], key[1])
         if request.heartbeats:
             for ref in request.heartbeats:
-                why = decisions.fence(projection, fleet, key, ref.task_id, ref.attempt, ref.fencing_token, now)
+                why = decisions.fence(projection, fleet, key, ref.task_id, ref.attempt, ref.fencing_token,
+                                      step.lease_ms)
                 if why is None:
-                    fleet.extend(fleet.leases[ref.task_id], now)
+                    fleet.extend(fleet.leases[ref.task_id], step.lease_ms)
                     self._repeat_cancel_request(ref, link, step)
                 else:
                     step.message_for(link).cancels.add(lease=ref, reason=CANCEL_LEASE_LOST, message=why)
@@ -494,7 +534,8 @@ class DispatchLoop:
             msg = step.message_for(link)
             for result in request.results:
                 ref = result.lease
-                why = decisions.fence(projection, fleet, key, ref.task_id, ref.attempt, ref.fencing_token, now)
+                why = decisions.fence(projection, fleet, key, ref.task_id, ref.attempt, ref.fencing_token,
+                                      step.lease_ms)
                 if why is None and result.outcome not in decisions.REPORTABLE_OUTCOMES:
                     why = f"results[].outcome: {result.outcome} is not a reportable outcome"
                 if why is not None:
@@ -518,11 +559,15 @@ class DispatchLoop:
 
     def _expire_leases(self, step: Step) -> None:
         now = step.now_ms
-        for lease in list(self.fleet.pop_expired(now)):
+        for lease in list(self.fleet.pop_expired(step.lease_ms)):
+            self.lease_expiries += 1
             record = decisions.lost_attempt_record(
                 self.projection, lease.task_id, lease.attempt, lease.token, now, self.rand,
                 f"lease expired: no heartbeat from actor {lease.actor_key[0]!r} for {self.fleet.lease_ttl_ms} ms")
             self._push_cancel(lease.task_id, lease.attempt, lease.token, CANCEL_LEASE_LOST, "lease expired", step)
+            holder = self.fleet.actors.get(lease.actor_key)
+            if holder is not None:
+                holder.suspect = True
             if record is not None:
                 self._emit_attempt_ended(record, step)
             else:
@@ -532,6 +577,9 @@ class DispatchLoop:
         now = step.now_ms
         projection = self.projection
         for kind, task_id, attempt in projection.pop_due_timers(now):
+            if kind == TIMER_ATTEMPT_DEADLINE and now < self._deadline_hold_until_ms:
+                projection.defer_timer(self._deadline_hold_until_ms, kind, task_id, attempt)
+                continue
             record = decisions.timer_record(projection, kind, task_id, attempt, now, self.rand)
             if record is None:
                 continue
@@ -547,6 +595,7 @@ class DispatchLoop:
         grants = decisions.select_grants(self.projection, self.fleet)
         if not grants:
             return
+        step.grants = grants
         now = step.now_ms
         projection = self.projection
         fleet = self.fleet
@@ -563,7 +612,7 @@ class DispatchLoop:
             event.actor_id, event.actor_incarnation = key
             event.deadline_unix_ms = deadline
             self._emit(record, task.task_id, step)
-            fleet.bind(task.task_id, attempt, token, key, now)
+            fleet.bind(task.task_id, attempt, token, key, step.lease_ms)
             spec = task.spec
             lease = step.message_for(actor.session).leases.add(
                 task_type=task.type, execution_timeout_ms=task.execution_timeout_ms, deadline_unix_ms=deadline)
@@ -578,6 +627,9 @@ class DispatchLoop:
                 lease.input_bytes = spec.input_bytes
             if spec.labels:
                 lease.labels.update(spec.labels)
+            if spec.trace_context:
+                # The attempt's span on the actor is a child of the task's submission span.
+                lease.trace_context.update(spec.trace_context)
 
     _handlers: dict[type, Callable[["DispatchLoop", Any, Step], None]] = {
         C.SubmitTasks: _on_submit,

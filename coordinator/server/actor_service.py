@@ -69,6 +69,11 @@ class ActorService(actor_service_pb2_grpc.ActorServiceServicer):
         except CorralError as exc:
             await context.abort(status_of(exc), str(exc))
             return
+        except asyncio.CancelledError:
+            # The RPC ended while the hello was queued: if the loop registers it anyway, this
+            # (processed after it) unregisters it, so no actor is left that nobody reads.
+            self.loop.post(C.ActorGone(link))
+            raise
         identity = actor.identity
         log.info("actor %s (incarnation %s) connected from %s: slots=%d types=%s", identity.actor_id,
                  identity.incarnation, link.peer, identity.slots, list(identity.task_types))
@@ -98,6 +103,8 @@ class ActorService(actor_service_pb2_grpc.ActorServiceServicer):
                 if request.HasField("hello"):
                     link.close(grpc.StatusCode.FAILED_PRECONDITION, "hello: sent twice on one stream")
                     return
+                if self.loop.inbox_full:
+                    await self.loop.wait_for_room()
                 self.loop.post(C.ActorUpdate(link, request))
         except asyncio.CancelledError:
             raise

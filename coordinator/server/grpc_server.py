@@ -16,6 +16,7 @@ from corral.v1 import (actor_service_pb2, actor_service_pb2_grpc, admin_service_
 from ..config import CoordinatorConfig
 from ..core.spec import SpecLimits
 from ..dispatch.loop import DispatchLoop
+from ..telemetry.tracing import SubmissionTracing
 from .actor_service import ActorService
 from .admin_service import AdminService
 from .task_service import TaskService
@@ -27,7 +28,8 @@ SERVICE_NAMES = (
 )
 
 
-def build_server(config: CoordinatorConfig, loop: DispatchLoop) -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
+def build_server(config: CoordinatorConfig, loop: DispatchLoop, tracing: SubmissionTracing | None = None,
+                 ) -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
     """Returns the server, its health servicer and the bound port."""
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -39,7 +41,7 @@ def build_server(config: CoordinatorConfig, loop: DispatchLoop) -> tuple[grpc.ai
         ("grpc.keepalive_permit_without_calls", 1),
     ])
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(
-        TaskService(loop, SpecLimits(max_input_bytes=config.max_input_bytes)), server)
+        TaskService(loop, SpecLimits(max_input_bytes=config.max_input_bytes), tracing), server)
     actor_service_pb2_grpc.add_ActorServiceServicer_to_server(ActorService(loop), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(loop), server)
     health = health_aio.HealthServicer()

@@ -18,6 +18,7 @@ from ..core.spec import SpecLimits, normalize_spec
 from ..core.states import State
 from ..dispatch import commands as C
 from ..dispatch.loop import DispatchLoop
+from ..telemetry.tracing import SubmissionTracing
 from .status import abort
 
 MAX_TASKS_PER_BATCH = 10_000
@@ -51,21 +52,24 @@ def decode_page_token(token: str) -> int:
 
 
 class TaskService(task_service_pb2_grpc.TaskServiceServicer):
-    def __init__(self, loop: DispatchLoop, limits: SpecLimits) -> None:
+    def __init__(self, loop: DispatchLoop, limits: SpecLimits, tracing: SubmissionTracing | None = None) -> None:
         self.loop = loop
         self.limits = limits
+        self.tracing = tracing or SubmissionTracing(None)
 
-    async def _submit(self, specs: list[task_pb2.TaskSpec], fields: list[str]):
+    async def _submit(self, specs: list[task_pb2.TaskSpec], fields: list[str], context=None, method: str = ""):
         now_ms = self.loop.now_ms()
         for spec, field in zip(specs, fields):
             normalize_spec(spec, field, self.limits, now_ms)
-        return await self.loop.call(lambda f: C.SubmitTasks(specs, fields, f))
+        # The submission span (when tracing) and each task's trace context: see telemetry/tracing.py.
+        return await self.tracing.submit(method, context, specs,
+                                         lambda: self.loop.call(lambda f: C.SubmitTasks(specs, fields, f)))
 
     async def SubmitTask(self, request, context):
         try:
             if not request.HasField("task"):
                 raise InvalidField("task", "is required")
-            [(task_id, created, state)] = await self._submit([request.task], ["task"])
+            [(task_id, created, state)] = await self._submit([request.task], ["task"], context, "SubmitTask")
             return task_service_pb2.SubmitTaskResponse(task_id=task_id, created=created, state=state)
         except CorralError as exc:
             await abort(context, exc)
@@ -78,7 +82,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             if n > MAX_TASKS_PER_BATCH:
                 raise InvalidField("tasks", f"holds {n} tasks, more than the limit of {MAX_TASKS_PER_BATCH} per call")
             specs = list(request.tasks)
-            results = await self._submit(specs, [f"tasks[{i}]" for i in range(n)])
+            results = await self._submit(specs, [f"tasks[{i}]" for i in range(n)], context, "SubmitTasks")
             resp = task_service_pb2.SubmitTasksResponse()
             add = resp.results.add
             for task_id, created, state in results:
@@ -127,6 +131,9 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         except CorralError as exc:
             await abort(context, exc)
             return
+        except asyncio.CancelledError:
+            self.loop.post(C.UnwatchTask(request.task_id, queue))  # the loop may register it anyway
+            raise
         try:
             await context.write(task_service_pb2.WatchTaskResponse(task=view))
             while view.state not in (State.SUCCEEDED, State.FAILED, State.CANCELED):

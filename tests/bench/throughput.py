@@ -8,6 +8,10 @@ then either
   --mode latency: single SubmitTask calls at a light offered load (~200/s) and the latency from
     submit to handler start.
 Handler start times come from the `stamp` handler (tests/bench/app.py) via the task outputs.
+With --telemetry every process runs with metrics on (--metrics-listen, scraped once at the end)
+and tracing on (a span per submission call and per attempt, exported as JSON lines to
+/dev/null: the spans are made, batched and serialized, then discarded), to compare with a run
+without (the figure to keep within 10% of).
 Not a test: figures depend on the machine; report them with the machine noted.
 """
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 
 from corral.v1 import task_pb2, task_service_pb2
 
-from tests.e2e.harness import Cluster, wait_for
+from tests.e2e.harness import Cluster, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,6 +101,8 @@ def run_throughput(cluster: Cluster, n: int, batch: int) -> None:
     print(f"submit-to-start latency: p50 {percentile(latencies_ms, 50):.1f} ms, p99 {percentile(latencies_ms, 99):.1f} ms")
     print(f"coordinator peak RSS: {peak_rss_mib(cluster.coordinator.pid):.0f} MiB")
     print(f"CPU time during the run: {cpu}")
+    coordinator_cpu = cpu_seconds(cluster.coordinator.pid) - cpu_before["coordinator"]
+    print(f"coordinator CPU per task: {coordinator_cpu / n * 1e6:.0f} µs")
 
 
 def run_latency(cluster: Cluster, n: int, rate_per_s: float) -> None:
@@ -124,6 +130,20 @@ def run_latency(cluster: Cluster, n: int, rate_per_s: float) -> None:
           f"p99 {percentile(latencies_ms, 99):.2f} ms, mean {statistics.fmean(latencies_ms):.2f} ms")
 
 
+def print_scrape(ports: list[int]) -> None:
+    """One scrape of each process (what Prometheus would do every 15 s), with its time."""
+    import urllib.request
+
+    for port, name in zip(ports, ["coordinator", "bench-actor-1", "bench-actor-2"]):
+        t0 = time.perf_counter()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        took_ms = (time.perf_counter() - t0) * 1000
+        wanted = ("corral_attempts_total{", "corral_actor_attempts_finished_total{", "corral_tasks{state=\"succeeded\"}",
+                  "corral_wal_commits_total ")
+        lines = [line for line in text.splitlines() if line.startswith(wanted)]
+        print(f"scrape {name}: {len(text)} bytes in {took_ms:.1f} ms; " + "; ".join(lines))
+
+
 def admin_request():
     from corral.v1 import admin_service_pb2
 
@@ -137,17 +157,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--slots", type=int, default=256)
     parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--telemetry", action="store_true",
+                        help="metrics and tracing on in every process (spans exported to /dev/null)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
         cluster = Cluster(Path(tmp), lease_ttl_s=15)
+        metrics_ports: list[int] = []
+        coordinator_flags: tuple[str, ...] = ()
+        actor_env: dict[str, str] = {}
+        if args.telemetry:
+            metrics_ports = [free_port() for _ in range(3)]
+            coordinator_flags = ("--metrics-listen", f"127.0.0.1:{metrics_ports[0]}", "--trace-file", os.devnull)
+            actor_env = {"CORRAL_TRACE_FILE": os.devnull}
+        print(f"telemetry: {'metrics + tracing on' if args.telemetry else 'off'}")
         try:
-            cluster.start_coordinator()
+            cluster.start_coordinator(*coordinator_flags)
             for i in range(2):
-                cluster.start_actor(f"bench-actor-{i + 1}", slots=args.slots, app="tests.bench.app")
+                extra = ("--metrics-listen", f"127.0.0.1:{metrics_ports[i + 1]}") if args.telemetry else ()
+                cluster.start_actor(f"bench-actor-{i + 1}", slots=args.slots, app="tests.bench.app", extra=extra,
+                                    env=actor_env)
             if args.mode == "throughput":
                 run_throughput(cluster, args.tasks or 20_000, args.batch)
             else:
                 run_latency(cluster, args.tasks or 2_000, args.rate)
+            if metrics_ports:
+                print_scrape(metrics_ports)
         finally:
             cluster.stop()
     return 0

@@ -77,18 +77,18 @@ class Cluster:
         self._all.append(proc)
         return proc
 
-    def start_coordinator(self, *extra: str, wait: bool = True) -> subprocess.Popen:
+    def start_coordinator(self, *extra: str, wait: bool = True, env: dict[str, str] | None = None) -> subprocess.Popen:
         self.coordinator = self._spawn("coordinator", [
             "coordinator", "--listen", self.target, "--data-dir", str(self.data_dir),
-            "--lease-ttl-s", str(self.lease_ttl_s), *self.coordinator_flags, *extra])
+            "--lease-ttl-s", str(self.lease_ttl_s), *self.coordinator_flags, *extra], env)
         if wait:
             self.wait_healthy()
         return self.coordinator
 
     def start_actor(self, actor_id: str, *, slots: int = 4, app: str = "actor.demo", extra: tuple[str, ...] = (),
-                    wait: bool = True) -> subprocess.Popen:
+                    wait: bool = True, env: dict[str, str] | None = None) -> subprocess.Popen:
         proc = self._spawn(actor_id, ["actor", "--coordinator", self.target, "--app", app, "--slots", str(slots),
-                                      "--actor-id", actor_id, *extra])
+                                      "--actor-id", actor_id, *extra], env)
         self.actors[actor_id] = proc
         if wait:
             wait_for(lambda: actor_id in self.connected_actor_ids(), 20, f"actor {actor_id} to connect")

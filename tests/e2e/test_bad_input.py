@@ -167,3 +167,13 @@ def test_duplicate_incarnation_is_already_exists_and_hello_twice_closes_stream(s
     outbox.put(None)
     # The coordinator keeps serving everyone else.
     assert submit(shared_cluster, type="echo").created
+
+
+def test_same_idempotency_key_twice_in_one_batch(shared_cluster):
+    same = task_pb2.TaskSpec(type="echo", idempotency_key="batch-key")
+    other = task_pb2.TaskSpec(type="echo", idempotency_key="batch-key", priority=3)
+    err = rpc_error(shared_cluster.tasks.SubmitTasks, task_service_pb2.SubmitTasksRequest(tasks=[same, other]))
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS and err.details().startswith("tasks[1]")
+    resp = shared_cluster.tasks.SubmitTasks(task_service_pb2.SubmitTasksRequest(tasks=[same, same]), timeout=10)
+    first, second = resp.results
+    assert first.created and not second.created and first.task_id == second.task_id

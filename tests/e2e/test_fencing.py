@@ -65,6 +65,8 @@ def test_late_result_for_expired_lease_is_rejected_and_recorded_nowhere(cluster,
     # tells the actor its lease is gone, and (its slot free again) grants attempt 2 with a new token.
     expired = stale.cancel_for(first.ref)
     assert expired.reason == LEASE_LOST
+    # An actor whose lease expired gets nothing until it speaks again (see the next test).
+    stale.heartbeat()
     second = stale.lease(task_id, attempt=2)
     t2 = second.ref.fencing_token
     assert t2 > t1
@@ -138,6 +140,7 @@ def test_heartbeat_for_lease_no_longer_current_gets_lease_lost_cancel(cluster, r
     first = actor.lease(task_id, attempt=1)
     # Let attempt 1 expire (the coordinator pushes one LEASE_LOST cancel when it expires) ...
     assert actor.cancel_for(first.ref).reason == LEASE_LOST
+    actor.heartbeat()  # speak again, so the coordinator grants to this actor again
     second = actor.lease(task_id, attempt=2)
     pushed = len(actor.cancels_for(first.ref))
 
@@ -216,3 +219,16 @@ def test_fencing_tokens_are_not_reissued_after_truncating_a_corrupt_wal(make_clu
     assert task.state == task_pb2.TASK_STATE_SUCCEEDED
     assert task.attempts[-1].fencing_token > max(issued), (issued, task.attempts[-1].fencing_token)
     assert status(cluster).highest_fencing_token > max(issued)
+
+
+def test_actor_whose_lease_expired_gets_no_new_lease_until_it_speaks(cluster, raw_actors):
+    """A connected actor that stopped heartbeating (a stalled event loop, overload) is not handed
+    the re-dispatch of the very task it lost: another eligible actor gets it."""
+    stalled = raw_actors("stalled")
+    task_id = cluster.submit(PROBE, {"n": 2})
+    first = stalled.lease(task_id, attempt=1)
+    healthy = raw_actors("healthy")
+    assert stalled.cancel_for(first.ref).reason == LEASE_LOST
+    second = healthy.lease(task_id, attempt=2)
+    assert second.ref.fencing_token > first.ref.fencing_token
+    assert not [lease for lease in stalled.leases() if lease.ref.attempt == 2]

@@ -396,13 +396,37 @@ def test_fingerprint_differs_when_any_field_differs(mutate) -> None:
     assert spec_fingerprint(a) != spec_fingerprint(b)
 
 
+# Fields that are not part of what a spec asks for: they never change the fingerprint.
+NOT_IN_FINGERPRINT = {"trace_context"}
+
+
 def test_fingerprint_mutations_cover_every_spec_field() -> None:
     covered = {p.id.split(".")[0] for p in _mutations()}
-    assert covered == {f.name for f in task_pb2.TaskSpec.DESCRIPTOR.fields}
+    assert covered | NOT_IN_FINGERPRINT == {f.name for f in task_pb2.TaskSpec.DESCRIPTOR.fields}
     covered_retry = {p.id.split(".")[1] for p in _mutations() if p.id.startswith("retry.")}
     assert covered_retry == {f.name for f in task_pb2.RetryPolicy.DESCRIPTOR.fields}
     covered_backoff = {p.id.split(".")[2] for p in _mutations() if p.id.startswith("retry.backoff.")}
     assert covered_backoff == {f.name for f in task_pb2.Backoff.DESCRIPTOR.fields}
+
+
+def test_trace_context_is_not_part_of_the_fingerprint_and_stays_in_the_spec() -> None:
+    a = full_spec()
+    b = full_spec()
+    b.trace_context["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert spec_fingerprint(a) == spec_fingerprint(b)
+    assert b.trace_context["traceparent"].startswith("00-0af7")
+
+
+def test_trace_context_size_is_bounded() -> None:
+    s = base()
+    s.trace_context.update({f"k{i}": "v" for i in range(9)})
+    assert rejected(s).field == "task.trace_context"
+    s = base()
+    s.trace_context["tracestate"] = "x" * 1025
+    assert rejected(s).field == "task.trace_context[tracestate]"
+    s = base()
+    s.trace_context["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert norm(s).trace_context["traceparent"].endswith("-01")
 
 
 def test_fingerprint_is_bytes_and_stable_across_serialization() -> None:

@@ -53,14 +53,16 @@ class AttemptResult(_message.Message):
     def __init__(self, lease: _Optional[_Union[LeaseRef, _Mapping]] = ..., outcome: _Optional[_Union[_task_pb2.AttemptOutcome, str]] = ..., output: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., output_bytes: _Optional[bytes] = ..., error: _Optional[_Union[_task_pb2.TaskError, _Mapping]] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "heartbeats", "results")
+    __slots__ = ("hello", "heartbeats", "results", "draining")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEATS_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeats: _containers.RepeatedCompositeFieldContainer[LeaseRef]
     results: _containers.RepeatedCompositeFieldContainer[AttemptResult]
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeats: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[AttemptResult, _Mapping]]] = ...) -> None: ...
+    draining: bool
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeats: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[AttemptResult, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("coordinator_id", "lease_ttl_ms", "heartbeat_interval_ms", "adopted")
@@ -75,8 +77,15 @@ class Welcome(_message.Message):
     def __init__(self, coordinator_id: _Optional[str] = ..., lease_ttl_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., adopted: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("ref", "task_type", "input", "input_bytes", "execution_timeout_ms", "deadline_unix_ms", "labels")
+    __slots__ = ("ref", "task_type", "input", "input_bytes", "execution_timeout_ms", "deadline_unix_ms", "labels", "trace_context")
     class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +99,7 @@ class Lease(_message.Message):
     EXECUTION_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     ref: LeaseRef
     task_type: str
     input: _struct_pb2.Value
@@ -97,7 +107,8 @@ class Lease(_message.Message):
     execution_timeout_ms: int
     deadline_unix_ms: int
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, ref: _Optional[_Union[LeaseRef, _Mapping]] = ..., task_type: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., input_bytes: _Optional[bytes] = ..., execution_timeout_ms: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, ref: _Optional[_Union[LeaseRef, _Mapping]] = ..., task_type: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., input_bytes: _Optional[bytes] = ..., execution_timeout_ms: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ResultAck(_message.Message):
     __slots__ = ("lease", "accepted", "reason")

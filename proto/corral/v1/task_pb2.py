@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63orral/v1/task.proto\x12\tcorral.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x01\n\x07\x42\x61\x63koff\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.corral.v1.BackoffKind\x12*\n\x07initial\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x03 \x01(\x01\x12&\n\x03max\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12!\n\x06jitter\x18\x05 \x01(\x0e\x32\x11.corral.v1.Jitter\"c\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x19\n\x11max_lost_attempts\x18\x02 \x01(\x05\x12#\n\x07\x62\x61\x63koff\x18\x03 \x01(\x0b\x32\x12.corral.v1.Backoff\"\xe9\x03\n\x08TaskSpec\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\'\n\x05input\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x15\n\x0binput_bytes\x18\x04 \x01(\x0cH\x00\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12%\n\x05retry\x18\x06 \x01(\x0b\x32\x16.corral.v1.RetryPolicy\x12\x34\n\x11\x65xecution_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12<\n\x19schedule_to_start_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\nnot_before\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12/\n\x06labels\x18\x0b \x03(\x0b\x32\x1f.corral.v1.TaskSpec.LabelsEntry\x12\x1d\n\x15required_capabilities\x18\x0c \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07payload\"A\n\tTaskError\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x15\n\rnon_retryable\x18\x03 \x01(\x08\"\xf9\x01\n\x10\x45xecutorIdentity\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x12\n\ntask_types\x18\x05 \x03(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\x12\x37\n\x06labels\x18\x07 \x03(\x0b\x32\'.corral.v1.ExecutorIdentity.LabelsEntry\x12\r\n\x05slots\x18\x08 \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x02\n\x07\x41ttempt\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\x15\n\rfencing_token\x18\x02 \x01(\x03\x12\x10\n\x08\x61\x63tor_id\x18\x03 \x01(\t\x12\x19\n\x11\x61\x63tor_incarnation\x18\x04 \x01(\t\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07outcome\x18\x07 \x01(\x0e\x32\x19.corral.v1.AttemptOutcome\x12#\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x14.corral.v1.TaskError\"\xe4\x03\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.corral.v1.TaskSpec\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.corral.v1.TaskState\x12(\n\x06output\x18\x04 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x16\n\x0coutput_bytes\x18\x05 \x01(\x0cH\x00\x12#\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x14.corral.v1.TaskError\x12$\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x12.corral.v1.Attempt\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08ready_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x66\x61iled_attempts\x18\x0b \x01(\x05\x12\x15\n\rlost_attempts\x18\x0c \x01(\x05\x12\x18\n\x10\x63\x61ncel_requested\x18\r \x01(\x08\x12\x14\n\x0cstate_reason\x18\x0e \x01(\tB\x08\n\x06result*\xd4\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14TASK_STATE_SCHEDULED\x10\x01\x12\x14\n\x10TASK_STATE_READY\x10\x02\x12\x16\n\x12TASK_STATE_RUNNING\x10\x03\x12\x19\n\x15TASK_STATE_RETRY_WAIT\x10\x04\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x05\x12\x15\n\x11TASK_STATE_FAILED\x10\x06\x12\x17\n\x13TASK_STATE_CANCELED\x10\x07*\xc3\x01\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41TTEMPT_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FAILED\x10\x02\x12\x1c\n\x18\x41TTEMPT_OUTCOME_CANCELED\x10\x03\x12\x1d\n\x19\x41TTEMPT_OUTCOME_TIMED_OUT\x10\x04\x12\x18\n\x14\x41TTEMPT_OUTCOME_LOST\x10\x05*a\n\x0b\x42\x61\x63koffKind\x12\x1c\n\x18\x42\x41\x43KOFF_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42\x41\x43KOFF_KIND_FIXED\x10\x01\x12\x1c\n\x18\x42\x41\x43KOFF_KIND_EXPONENTIAL\x10\x02*T\n\x06Jitter\x12\x16\n\x12JITTER_UNSPECIFIED\x10\x00\x12\x0f\n\x0bJITTER_NONE\x10\x01\x12\x0f\n\x0bJITTER_FULL\x10\x02\x12\x10\n\x0cJITTER_EQUAL\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63orral/v1/task.proto\x12\tcorral.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x01\n\x07\x42\x61\x63koff\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.corral.v1.BackoffKind\x12*\n\x07initial\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x03 \x01(\x01\x12&\n\x03max\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12!\n\x06jitter\x18\x05 \x01(\x0e\x32\x11.corral.v1.Jitter\"c\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x19\n\x11max_lost_attempts\x18\x02 \x01(\x05\x12#\n\x07\x62\x61\x63koff\x18\x03 \x01(\x0b\x32\x12.corral.v1.Backoff\"\xdc\x04\n\x08TaskSpec\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\'\n\x05input\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x15\n\x0binput_bytes\x18\x04 \x01(\x0cH\x00\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12%\n\x05retry\x18\x06 \x01(\x0b\x32\x16.corral.v1.RetryPolicy\x12\x34\n\x11\x65xecution_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12<\n\x19schedule_to_start_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\nnot_before\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12/\n\x06labels\x18\x0b \x03(\x0b\x32\x1f.corral.v1.TaskSpec.LabelsEntry\x12\x1d\n\x15required_capabilities\x18\x0c \x03(\t\x12<\n\rtrace_context\x18\r \x03(\x0b\x32%.corral.v1.TaskSpec.TraceContextEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07payload\"A\n\tTaskError\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x15\n\rnon_retryable\x18\x03 \x01(\x08\"\xf9\x01\n\x10\x45xecutorIdentity\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x12\n\ntask_types\x18\x05 \x03(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\x12\x37\n\x06labels\x18\x07 \x03(\x0b\x32\'.corral.v1.ExecutorIdentity.LabelsEntry\x12\r\n\x05slots\x18\x08 \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x02\n\x07\x41ttempt\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\x15\n\rfencing_token\x18\x02 \x01(\x03\x12\x10\n\x08\x61\x63tor_id\x18\x03 \x01(\t\x12\x19\n\x11\x61\x63tor_incarnation\x18\x04 \x01(\t\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07outcome\x18\x07 \x01(\x0e\x32\x19.corral.v1.AttemptOutcome\x12#\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x14.corral.v1.TaskError\"\xe4\x03\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.corral.v1.TaskSpec\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.corral.v1.TaskState\x12(\n\x06output\x18\x04 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x16\n\x0coutput_bytes\x18\x05 \x01(\x0cH\x00\x12#\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x14.corral.v1.TaskError\x12$\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x12.corral.v1.Attempt\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08ready_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x66\x61iled_attempts\x18\x0b \x01(\x05\x12\x15\n\rlost_attempts\x18\x0c \x01(\x05\x12\x18\n\x10\x63\x61ncel_requested\x18\r \x01(\x08\x12\x14\n\x0cstate_reason\x18\x0e \x01(\tB\x08\n\x06result*\xd4\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14TASK_STATE_SCHEDULED\x10\x01\x12\x14\n\x10TASK_STATE_READY\x10\x02\x12\x16\n\x12TASK_STATE_RUNNING\x10\x03\x12\x19\n\x15TASK_STATE_RETRY_WAIT\x10\x04\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x05\x12\x15\n\x11TASK_STATE_FAILED\x10\x06\x12\x17\n\x13TASK_STATE_CANCELED\x10\x07*\xc3\x01\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41TTEMPT_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FAILED\x10\x02\x12\x1c\n\x18\x41TTEMPT_OUTCOME_CANCELED\x10\x03\x12\x1d\n\x19\x41TTEMPT_OUTCOME_TIMED_OUT\x10\x04\x12\x18\n\x14\x41TTEMPT_OUTCOME_LOST\x10\x05*a\n\x0b\x42\x61\x63koffKind\x12\x1c\n\x18\x42\x41\x43KOFF_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42\x41\x43KOFF_KIND_FIXED\x10\x01\x12\x1c\n\x18\x42\x41\x43KOFF_KIND_EXPONENTIAL\x10\x02*T\n\x06Jitter\x12\x16\n\x12JITTER_UNSPECIFIED\x10\x00\x12\x0f\n\x0bJITTER_NONE\x10\x01\x12\x0f\n\x0bJITTER_FULL\x10\x02\x12\x10\n\x0cJITTER_EQUAL\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,32 +36,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASKSPEC_LABELSENTRY']._loaded_options = None
   _globals['_TASKSPEC_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_TASKSPEC_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_TASKSPEC_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_EXECUTORIDENTITY_LABELSENTRY']._loaded_options = None
   _globals['_EXECUTORIDENTITY_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATE']._serialized_start=1990
-  _globals['_TASKSTATE']._serialized_end=2202
-  _globals['_ATTEMPTOUTCOME']._serialized_start=2205
-  _globals['_ATTEMPTOUTCOME']._serialized_end=2400
-  _globals['_BACKOFFKIND']._serialized_start=2402
-  _globals['_BACKOFFKIND']._serialized_end=2499
-  _globals['_JITTER']._serialized_start=2501
-  _globals['_JITTER']._serialized_end=2585
+  _globals['_TASKSTATE']._serialized_start=2105
+  _globals['_TASKSTATE']._serialized_end=2317
+  _globals['_ATTEMPTOUTCOME']._serialized_start=2320
+  _globals['_ATTEMPTOUTCOME']._serialized_end=2515
+  _globals['_BACKOFFKIND']._serialized_start=2517
+  _globals['_BACKOFFKIND']._serialized_end=2614
+  _globals['_JITTER']._serialized_start=2616
+  _globals['_JITTER']._serialized_end=2700
   _globals['_BACKOFF']._serialized_start=131
   _globals['_BACKOFF']._serialized_end=317
   _globals['_RETRYPOLICY']._serialized_start=319
   _globals['_RETRYPOLICY']._serialized_end=418
   _globals['_TASKSPEC']._serialized_start=421
-  _globals['_TASKSPEC']._serialized_end=910
-  _globals['_TASKSPEC_LABELSENTRY']._serialized_start=854
-  _globals['_TASKSPEC_LABELSENTRY']._serialized_end=899
-  _globals['_TASKERROR']._serialized_start=912
-  _globals['_TASKERROR']._serialized_end=977
-  _globals['_EXECUTORIDENTITY']._serialized_start=980
-  _globals['_EXECUTORIDENTITY']._serialized_end=1229
-  _globals['_EXECUTORIDENTITY_LABELSENTRY']._serialized_start=854
-  _globals['_EXECUTORIDENTITY_LABELSENTRY']._serialized_end=899
-  _globals['_ATTEMPT']._serialized_start=1232
-  _globals['_ATTEMPT']._serialized_end=1500
-  _globals['_TASK']._serialized_start=1503
-  _globals['_TASK']._serialized_end=1987
+  _globals['_TASKSPEC']._serialized_end=1025
+  _globals['_TASKSPEC_LABELSENTRY']._serialized_start=916
+  _globals['_TASKSPEC_LABELSENTRY']._serialized_end=961
+  _globals['_TASKSPEC_TRACECONTEXTENTRY']._serialized_start=963
+  _globals['_TASKSPEC_TRACECONTEXTENTRY']._serialized_end=1014
+  _globals['_TASKERROR']._serialized_start=1027
+  _globals['_TASKERROR']._serialized_end=1092
+  _globals['_EXECUTORIDENTITY']._serialized_start=1095
+  _globals['_EXECUTORIDENTITY']._serialized_end=1344
+  _globals['_EXECUTORIDENTITY_LABELSENTRY']._serialized_start=916
+  _globals['_EXECUTORIDENTITY_LABELSENTRY']._serialized_end=961
+  _globals['_ATTEMPT']._serialized_start=1347
+  _globals['_ATTEMPT']._serialized_end=1615
+  _globals['_TASK']._serialized_start=1618
+  _globals['_TASK']._serialized_end=2102
 # @@protoc_insertion_point(module_scope)

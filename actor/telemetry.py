@@ -1,0 +1,217 @@
+"""The actor's telemetry: a span per attempt, Prometheus metrics, task fields on log lines.
+
+Owns ``ActorTelemetry``, which ``ActorSession`` calls at two points per attempt (``start_attempt``
+instead of ``runner.start()``, and ``attempt_done``), and ``install`` (set-up from the runner's
+settings and the environment). A session without telemetry (``session.telemetry is None``, the
+default) pays one None check per attempt.
+
+- Traces (``CORRAL_OTLP_ENDPOINT`` and/or ``CORRAL_TRACE_FILE``, as on the coordinator): the
+  attempt span ``corral.attempt`` is a child of the context the lease carries (the task's
+  submission span on the coordinator, itself a child of the submitter's span), with attributes
+  task id, type, attempt, fencing token and, at the end, the outcome (the actor id is the
+  resource's service.instance.id). The handler runs
+  with the span current, so spans it starts nest under it. Note for child tasks (a later issue):
+  a task submitted from inside a handler inherits here, by injecting the current context
+  (``corral_telemetry.tracing.carrier_of()``) into the child's ``TaskSpec.trace_context``.
+- Metrics (``--metrics-listen`` / ``CORRAL_METRICS_LISTEN``): counters the session keeps anyway
+  are read at scrape time; per attempt only an outcome count and a duration observation are
+  added (plain ints, no lock).
+- Logs (``CORRAL_LOG_FORMAT=json``): the handler runs with ``TASK_CONTEXT`` set, so its own log
+  lines carry task_id, attempt and trace_id.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from corral.v1 import task_pb2
+from corral_telemetry.logs import TASK_CONTEXT, check_log_format, trace_id_of, use_json_logs
+from corral_telemetry.prometheus import DURATION_BUCKETS_S, BucketCounts, histogram_family
+from corral_telemetry.tracing import configure_tracing, context_from_carrier, shutdown_tracing
+
+if TYPE_CHECKING:
+    from actor.attempt_runner import AttemptRunner
+    from actor.session import ActorSession
+
+log = logging.getLogger(__name__)
+
+ENV_METRICS_LISTEN = "CORRAL_METRICS_LISTEN"
+ENV_LOG_FORMAT = "CORRAL_LOG_FORMAT"
+ENV_OTLP_ENDPOINT = "CORRAL_OTLP_ENDPOINT"
+ENV_TRACE_FILE = "CORRAL_TRACE_FILE"
+
+SUCCEEDED = task_pb2.ATTEMPT_OUTCOME_SUCCEEDED
+OUTCOME_LABELS = {v.number: v.name.removeprefix("ATTEMPT_OUTCOME_").lower()
+                  for v in task_pb2.AttemptOutcome.DESCRIPTOR.values}
+
+
+class ActorTelemetry:
+    """Per-attempt hooks for an ``ActorSession``; any of tracing, metrics and task log fields."""
+
+    def __init__(self, session: "ActorSession", *, tracer: trace.Tracer | None = None, metrics: bool = False,
+                 task_logs: bool = False) -> None:
+        self.session = session
+        self.tracer = tracer
+        self.metrics = metrics
+        self.task_logs = task_logs
+        self._spans: dict[Any, trace.Span] = {}
+        self._started: dict[Any, float] = {}
+        # (task_type, outcome) -> attempts finished; task_type -> handler duration.
+        self.finished: dict[tuple[str, int], int] = {}
+        self.durations: dict[str, BucketCounts] = {}
+        self.metrics_server: Any = None
+        self.metrics_port = 0
+
+    # ---- the session's hooks -------------------------------------------------------------------
+
+    def start_attempt(self, runner: "AttemptRunner") -> None:
+        """Start ``runner`` inside its attempt span (and task log context)."""
+        lease = runner.lease
+        carrier = lease.trace_context
+        token = None
+        task_token = None
+        if self.tracer is not None:
+            ref = lease.ref
+            parent = context_from_carrier(carrier) if carrier else None
+            span = self.tracer.start_span(
+                "corral.attempt", context=parent, kind=SpanKind.CONSUMER,
+                attributes={"corral.task.id": ref.task_id, "corral.task.type": lease.task_type,
+                            "corral.attempt": ref.attempt, "corral.fencing_token": ref.fencing_token})
+            self._spans[runner.key] = span
+            token = otel_context.attach(trace.set_span_in_context(span, parent))
+        if self.task_logs:
+            if token is not None:
+                ctx = self._spans[runner.key].get_span_context()
+                trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else ""
+            else:
+                trace_id = trace_id_of(carrier) if carrier else ""
+            task_token = TASK_CONTEXT.set((lease.ref.task_id, lease.ref.attempt, trace_id))
+        if self.metrics:
+            self._started[runner.key] = time.monotonic()
+        try:
+            runner.start()  # an async handler's task copies this context; sync ones get a copy too
+        finally:
+            if task_token is not None:
+                TASK_CONTEXT.reset(task_token)
+            if token is not None:
+                otel_context.detach(token)
+
+    def attempt_done(self, runner: "AttemptRunner", result: Any, dropped: bool) -> None:
+        """The attempt ended with ``result``; ``dropped``: its result will not be reported (lease
+        lost, or the actor is stopping)."""
+        key = runner.key
+        outcome = result.outcome
+        if self.metrics:
+            started = self._started.pop(key, None)
+            task_type = runner.lease.task_type
+            counts = self.finished
+            k = (task_type, outcome)
+            counts[k] = counts.get(k, 0) + 1
+            if started is not None:
+                h = self.durations.get(task_type)
+                if h is None:
+                    h = self.durations[task_type] = BucketCounts(DURATION_BUCKETS_S)
+                h.observe(time.monotonic() - started)
+        span = self._spans.pop(key, None) if self.tracer is not None else None
+        if span is not None:
+            if span.is_recording():
+                span.set_attribute("corral.outcome", OUTCOME_LABELS.get(outcome, str(outcome)))
+                if dropped:
+                    span.set_attribute("corral.result_dropped", True)
+                if outcome != SUCCEEDED:
+                    error = result.error
+                    span.set_status(Status(StatusCode.ERROR, f"{error.kind}: {error.message}"[:1024]))
+            span.end()
+
+    def close(self) -> None:
+        """End spans of attempts that never finished (the actor stopped), flush the exporters,
+        stop the metrics server."""
+        for span in list(self._spans.values()):
+            if span.is_recording():
+                span.set_attribute("corral.result_dropped", True)
+                span.set_status(Status(StatusCode.ERROR, "the actor stopped before the attempt ended"))
+            span.end()
+        self._spans.clear()
+        if self.tracer is not None:
+            shutdown_tracing()
+            self.tracer = None
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server = None
+
+    # ---- metrics at scrape time ----------------------------------------------------------------
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        s = self.session
+        yield CounterMetricFamily("corral_actor_attempts_started", "Attempts started (leases run).",
+                                  value=s.attempts_started)
+        finished = CounterMetricFamily("corral_actor_attempts_finished",
+                                       "Attempts finished, by task type and outcome (as the actor saw it).",
+                                       labels=["task_type", "outcome"])
+        for (task_type, outcome), n in sorted(list(self.finished.items())):
+            finished.add_metric([task_type, OUTCOME_LABELS.get(outcome, str(outcome))], n)
+        yield finished
+        yield GaugeMetricFamily("corral_actor_running_attempts", "Attempts running now.", value=s.running_count)
+        yield GaugeMetricFamily("corral_actor_slots", "Attempts this actor runs at once.", value=s.slots)
+        yield GaugeMetricFamily("corral_actor_connected", "1 while the stream to the coordinator is up.",
+                                value=1 if s.connected else 0)
+        yield CounterMetricFamily("corral_actor_reconnects", "Streams opened after the first one.",
+                                  value=max(0, s.connects - 1))
+        yield CounterMetricFamily("corral_actor_results_rejected",
+                                  "Results the coordinator refused (stale token, lease no longer live).",
+                                  value=s.results_rejected)
+        yield CounterMetricFamily("corral_actor_results_dropped",
+                                  "Results not reported (lease lost, not adopted, or the actor stopped).",
+                                  value=s.results_dropped)
+        yield histogram_family("corral_actor_handler_duration_seconds",
+                               "From the handler's start to its result, by task type.", ["task_type"],
+                               [([t], h) for t, h in sorted(list(self.durations.items()))])
+
+
+def install(session: "ActorSession", *, metrics_listen: str | None = None,
+            environ: Mapping[str, str] | None = None) -> ActorTelemetry | None:
+    """Set up what is configured (``metrics_listen`` or CORRAL_METRICS_LISTEN, CORRAL_LOG_FORMAT,
+    CORRAL_OTLP_ENDPOINT, CORRAL_TRACE_FILE) and attach it to ``session``; None when nothing is.
+
+    Raises ValueError naming the setting for a bad value, ``TracingUnavailable`` (a RuntimeError)
+    when OTLP is configured but not installed, OSError when the metrics address cannot be bound."""
+    environ = os.environ if environ is None else environ
+    listen = metrics_listen or environ.get(ENV_METRICS_LISTEN, "")
+    log_format = environ.get(ENV_LOG_FORMAT, "") or "text"
+    problem = check_log_format(log_format)
+    if problem:
+        raise ValueError(f"{ENV_LOG_FORMAT}: {problem} (got {log_format!r})")
+    json_logs = log_format.lower() == "json"
+    if json_logs:
+        use_json_logs()
+    tracer = configure_tracing("corral-actor", instance_id=session.actor_id,
+                               otlp_endpoint=environ.get(ENV_OTLP_ENDPOINT, ""),
+                               trace_file=environ.get(ENV_TRACE_FILE, ""))
+    if tracer is None and not listen and not json_logs:
+        return None
+    telemetry = ActorTelemetry(session, tracer=tracer, metrics=bool(listen), task_logs=json_logs)
+    if listen:
+        from corral_telemetry.prometheus import parse_listen, start_metrics_server
+
+        try:
+            parse_listen(listen)
+        except ValueError as exc:
+            raise ValueError(f"--metrics-listen / {ENV_METRICS_LISTEN}: {exc}") from None
+        telemetry.metrics_server, telemetry.metrics_port = start_metrics_server(listen, [telemetry])
+        log.info("serving Prometheus metrics on %s (port %d)", listen, telemetry.metrics_port)
+    session.telemetry = telemetry
+    atexit.register(telemetry.close)
+    return telemetry

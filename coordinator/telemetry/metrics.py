@@ -1,0 +1,202 @@
+"""The coordinator's Prometheus metrics, kept off the dispatch loop's hot path.
+
+Owns ``LoopMetrics`` (what the loop records: called ONCE per step, after the commit, with the
+step's grants and ended attempts) and ``CoordinatorCollector`` (everything else, computed when
+Prometheus scrapes, from the projection, the fleet, the WAL and the loop's plain counters).
+
+Cost model (the loop spends ~60 µs of CPU per task): per step, two bucket observations for the
+WAL commit; per granted first attempt, one subtraction and one bucket observation; per ended
+attempt, a dict increment and one bucket observation (~1 µs per task in all, measured in
+tests/bench). Gauges cost nothing until scraped. With metrics off the loop holds None and checks
+it once per step.
+
+Reads at scrape time happen on the scrape server's thread while the loop mutates: dicts are
+copied with ``list(...)``/``dict(...)`` (atomic under the GIL) before they are walked; ints are
+read whole. The projection may be one step ahead of the WAL (records are applied as they are
+emitted, committed at the end of the step), which is fine for metrics.
+
+Metric names (Prometheus conventions: ``corral_`` prefix, base units in the name, ``_total``
+for counters; label values lower case):
+
+    corral_tasks{state}                                   gauge      tasks by state
+    corral_queue_depth{task_type}                         gauge      READY tasks waiting for a slot
+    corral_connected_actors / corral_slots / corral_free_slots / corral_leases   gauges
+    corral_attempts_total{task_type,outcome}              counter    attempts ended, by outcome
+    corral_lease_expiries_total                           counter
+    corral_stale_results_rejected_total                   counter
+    corral_dispatch_steps_total / corral_wal_commits_total counters
+    corral_task_submit_to_start_seconds{task_type}        histogram  eligible -> first grant
+    corral_attempt_duration_seconds{task_type}            histogram  grant -> end (ms clock)
+    corral_wal_commit_duration_seconds                    histogram  one group commit, as the loop waits for it
+    corral_wal_batch_size_records                         histogram  records per commit
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from corral.v1 import task_pb2
+from corral_telemetry.prometheus import (COMMIT_BUCKETS_S, DURATION_BUCKETS_S, LATENCY_BUCKETS_S, SIZE_BUCKETS,
+                                         BucketCounts, histogram_family)
+
+from ..core.states import READY, State
+
+if TYPE_CHECKING:
+    from ..dispatch.loop import DispatchLoop
+
+OUTCOME_LABELS = {v.number: v.name.removeprefix("ATTEMPT_OUTCOME_").lower()
+                  for v in task_pb2.AttemptOutcome.DESCRIPTOR.values}
+STATE_LABELS = {int(s): s.name.lower() for s in State}
+# Beyond this many ready-queue entries, the split of the (exact) READY total by task type is
+# estimated from the queue lengths instead of checked entry by entry (see queue_depths).
+EXACT_QUEUE_SCAN_MAX = 200_000
+
+
+class LoopMetrics:
+    """Accumulates what the dispatch loop observes; read by ``CoordinatorCollector``.
+
+    ``step_committed`` is the only call on the hot path: once per step that did anything."""
+
+    __slots__ = ("projection", "attempts", "attempt_duration", "submit_to_start", "wal_commit", "wal_batch")
+
+    def __init__(self, projection: Any) -> None:
+        self.projection = projection
+        self.attempts: dict[tuple[str, int], int] = {}
+        self.attempt_duration: dict[str, BucketCounts] = {}
+        self.submit_to_start: dict[str, BucketCounts] = {}
+        self.wal_commit = BucketCounts(COMMIT_BUCKETS_S)
+        self.wal_batch = BucketCounts(SIZE_BUCKETS)
+
+    def step_committed(self, now_ms: int, n_records: int, commit_s: float, grants: Any, ended: list) -> None:
+        """After a step's commit: ``grants`` are its (task, actor) grants, ``ended`` its
+        AttemptEnded records (already applied to the projection)."""
+        if n_records:
+            self.wal_commit.observe(commit_s)
+            self.wal_batch.observe(n_records)
+        if grants:
+            by_type = self.submit_to_start
+            for task, _actor in grants:
+                if len(task.attempts) == 1:
+                    h = by_type.get(task.type)
+                    if h is None:
+                        h = by_type[task.type] = BucketCounts(LATENCY_BUCKETS_S)
+                    h.observe((now_ms - task.eligible_since_ms) / 1000.0)
+        if ended:
+            tasks = self.projection.tasks
+            counts = self.attempts
+            durations = self.attempt_duration
+            for record in ended:
+                ev = record.attempt_ended
+                task = tasks[ev.task_id]
+                task_type = task.type
+                key = (task_type, ev.outcome)
+                counts[key] = counts.get(key, 0) + 1
+                a = task.attempts[ev.attempt - 1]
+                h = durations.get(task_type)
+                if h is None:
+                    h = durations[task_type] = BucketCounts(DURATION_BUCKETS_S)
+                h.observe((a.ended_ms - a.started_ms) / 1000.0)
+
+
+def queue_depths(projection: Any) -> dict[str, int]:
+    """READY tasks by task type.
+
+    The ready queues are heaps with lazy deletion (an entry stays until it reaches the head after
+    its task was granted or canceled), so their lengths over-count. When they add up to the exact
+    READY count they are exact; otherwise each entry is checked against its task, unless there
+    are more than EXACT_QUEUE_SCAN_MAX entries: then the exact total is split in proportion to the
+    queue lengths."""
+    queues = list(projection.ready_queues.items())
+    ready = projection.ready_count
+    depths: dict[str, int] = {}
+    total = 0
+    for (task_type, _caps), heap in queues:
+        n = len(heap)
+        total += n
+        depths[task_type] = depths.get(task_type, 0) + n
+    if total == ready:
+        return depths
+    if total > EXACT_QUEUE_SCAN_MAX:
+        return {t: round(n * ready / total) for t, n in depths.items()} if total else depths
+    tasks = projection.tasks
+    depths = {}
+    for (task_type, _caps), heap in queues:
+        n = 0
+        for _neg_priority, order, task_id in list(heap):
+            task = tasks.get(task_id)
+            if task is not None and task.state == READY and task.ready_order == order:
+                n += 1
+        depths[task_type] = depths.get(task_type, 0) + n
+    return depths
+
+
+class CoordinatorCollector:
+    """Computes every coordinator metric at scrape time (see the module docstring)."""
+
+    def __init__(self, loop: "DispatchLoop", metrics: LoopMetrics) -> None:
+        self.loop = loop
+        self.metrics = metrics
+
+    def describe(self) -> list:
+        return []  # unchecked collector: do not run collect() at registration
+
+    def collect(self):
+        loop = self.loop
+        projection = loop.projection
+        fleet = loop.fleet
+        m = self.metrics
+
+        tasks = GaugeMetricFamily("corral_tasks", "Tasks by state.", labels=["state"])
+        for state, count in dict(projection.state_counts).items():
+            tasks.add_metric([STATE_LABELS.get(state, str(state))], count)
+        yield tasks
+
+        depth = GaugeMetricFamily("corral_queue_depth", "READY tasks waiting for an actor slot, by task type.",
+                                  labels=["task_type"])
+        for task_type, n in sorted(queue_depths(projection).items()):
+            depth.add_metric([task_type], n)
+        yield depth
+
+        actors = list(fleet.actors.values())
+        slots = sum(a.slots for a in actors)
+        held = sum(len(a.held) for a in actors)
+        yield GaugeMetricFamily("corral_connected_actors", "Actor processes with an open stream.", value=len(actors))
+        yield GaugeMetricFamily("corral_slots", "Slots of the connected actors.", value=slots)
+        yield GaugeMetricFamily("corral_free_slots", "Free slots of the connected actors.", value=slots - held)
+        yield GaugeMetricFamily("corral_leases", "Live leases (RUNNING attempts, also of disconnected actors).",
+                                value=len(fleet.leases))
+
+        attempts = CounterMetricFamily("corral_attempts", "Attempts ended, by task type and outcome.",
+                                       labels=["task_type", "outcome"])
+        for (task_type, outcome), n in sorted(list(m.attempts.items())):
+            attempts.add_metric([task_type, OUTCOME_LABELS.get(outcome, str(outcome))], n)
+        yield attempts
+        yield CounterMetricFamily("corral_lease_expiries", "Leases that expired (no heartbeat for the lease TTL).",
+                                  value=loop.lease_expiries)
+        yield CounterMetricFamily("corral_stale_results_rejected",
+                                  "Results refused by fencing (stale token, lease not live, wrong actor).",
+                                  value=loop.stale_results_rejected)
+        yield CounterMetricFamily("corral_dispatch_steps", "Dispatch loop steps.", value=loop.steps)
+        yield CounterMetricFamily("corral_wal_commits", "WAL group commits (one fsync'd transaction each).",
+                                  value=loop.wal.commits)
+
+        yield histogram_family(
+            "corral_task_submit_to_start_seconds",
+            "From submission (or not_before, for delayed tasks) to the grant of the first attempt.",
+            ["task_type"], [([t], h) for t, h in sorted(list(m.submit_to_start.items()))])
+        yield histogram_family(
+            "corral_attempt_duration_seconds", "From lease grant to the end of the attempt (millisecond clock).",
+            ["task_type"], [([t], h) for t, h in sorted(list(m.attempt_duration.items()))])
+        yield histogram_family(
+            "corral_wal_commit_duration_seconds",
+            "Time the dispatch loop waits for one WAL group commit (transaction + fsync).", [], [([], m.wal_commit)])
+        yield histogram_family("corral_wal_batch_size_records", "WAL records per group commit.", [],
+                               [([], m.wal_batch)])
+
+
+def start_coordinator_metrics(listen: str, loop: "DispatchLoop", metrics: LoopMetrics):
+    """Serve /metrics on ``listen``; returns (server, bound port)."""
+    from corral_telemetry.prometheus import start_metrics_server
+
+    return start_metrics_server(listen, [CoordinatorCollector(loop, metrics)])

@@ -1,0 +1,439 @@
+"""The pure parts of telemetry: the JSON log formatter, trace-context propagation, the submission
+span, the actor's attempt span, histogram state and the metrics the loop and collector compute."""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+
+import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.core import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+
+from actor.telemetry import ActorTelemetry
+from corral.v1 import actor_service_pb2, task_pb2, wal_pb2
+from corral_telemetry import logs, tracing
+from corral_telemetry.prometheus import BucketCounts, histogram_family, parse_listen
+from coordinator.core.errors import AlreadyExists
+from coordinator.telemetry.metrics import LoopMetrics, queue_depths
+from coordinator.telemetry.tracing import MAX_IDS_ATTRIBUTE, SubmissionTracing
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+SPAN_ID = "b7ad6b7169203331"
+TRACEPARENT = f"00-{TRACE_ID}-{SPAN_ID}-01"
+
+
+@pytest.fixture
+def spans():
+    """A tracer (not the global one) and the spans it finished."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider.get_tracer("test"), exporter
+    provider.shutdown()
+
+
+# ---- logs -----------------------------------------------------------------------------------------
+
+def json_line(logger_name: str, emit) -> dict:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        emit(logger)
+    finally:
+        logger.removeHandler(handler)
+    [line] = stream.getvalue().splitlines()
+    return json.loads(line)
+
+
+def test_json_line_has_the_standard_fields_and_no_task_fields_when_not_about_a_task():
+    out = json_line("t.plain", lambda log: log.warning("hello %s", "world"))
+    assert out["level"] == "WARNING" and out["logger"] == "t.plain" and out["message"] == "hello world"
+    assert out["timestamp"].endswith("Z") and out["timestamp"][10] == "T" and len(out["timestamp"]) == 24
+    assert not {"task_id", "attempt", "trace_id"} & set(out)
+
+
+def test_json_line_about_a_task_carries_task_id_attempt_and_trace_id_from_extra():
+    out = json_line("t.extra", lambda log: log.info("x", extra=logs.task_fields("t-1", 2, TRACE_ID)))
+    assert (out["task_id"], out["attempt"], out["trace_id"]) == ("t-1", 2, TRACE_ID)
+
+
+def test_json_line_inside_a_handler_takes_the_task_from_the_context():
+    token = logs.TASK_CONTEXT.set(("t-9", 3, TRACE_ID))
+    try:
+        out = json_line("t.ctx", lambda log: log.info("from the handler"))
+    finally:
+        logs.TASK_CONTEXT.reset(token)
+    assert (out["task_id"], out["attempt"], out["trace_id"]) == ("t-9", 3, TRACE_ID)
+
+
+def test_json_line_takes_trace_and_span_id_from_the_current_span(spans):
+    tracer, _ = spans
+    with tracer.start_as_current_span("work") as span:
+        out = json_line("t.span", lambda log: log.info("in a span"))
+    ctx = span.get_span_context()
+    assert out["trace_id"] == format(ctx.trace_id, "032x") and out["span_id"] == format(ctx.span_id, "016x")
+
+
+def test_json_line_carries_the_exception():
+    def emit(log):
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("failed", extra=logs.task_fields("t-2"))
+    out = json_line("t.exc", emit)
+    assert "ValueError: boom" in out["exception"] and out["task_id"] == "t-2" and "attempt" not in out
+
+
+@pytest.mark.parametrize("carrier, expected", [
+    ({"traceparent": TRACEPARENT}, TRACE_ID),
+    ({"traceparent": TRACEPARENT.upper().replace("0A", "0a")}, TRACE_ID),
+    ({"traceparent": f"00-{'0' * 32}-{SPAN_ID}-01"}, ""),
+    ({"traceparent": "00-short-01"}, ""),
+    ({"traceparent": f"00-{'z' * 32}-{SPAN_ID}-01"}, ""),
+    ({}, ""),
+])
+def test_trace_id_of_a_carrier(carrier, expected):
+    assert logs.trace_id_of(carrier) == expected
+
+
+def test_configure_logging_json_writes_json_lines():
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers = []
+    try:
+        logs.configure_logging("INFO", "json", stream=stream)
+        logging.getLogger("t.configured").info("configured")
+    finally:
+        root.handlers, level = saved
+        root.setLevel(level)
+    assert json.loads(stream.getvalue().splitlines()[-1])["message"] == "configured"
+
+
+# ---- propagation ----------------------------------------------------------------------------------
+
+def test_trace_headers_are_picked_from_grpc_metadata():
+    metadata = (("user-agent", "x"), ("traceparent", TRACEPARENT), ("tracestate", "a=1"), ("bin-bin", b"\x00"))
+    assert tracing.trace_headers(metadata) == {"traceparent": TRACEPARENT, "tracestate": "a=1"}
+    assert tracing.trace_headers(None) == {}
+
+
+@pytest.mark.parametrize("carrier", [
+    {"traceparent": TRACEPARENT},
+    {"traceparent": TRACEPARENT, "tracestate": "vendor=abc,other=1"},
+    {"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-00"},
+    {"traceparent": f"01-{TRACE_ID}-{SPAN_ID}-01-future"},
+])
+def test_context_from_carrier_equals_the_w3c_propagator(carrier):
+    ours = trace.get_current_span(tracing.context_from_carrier(carrier)).get_span_context()
+    theirs = trace.get_current_span(tracing._PROPAGATOR.extract(carrier)).get_span_context()
+    assert ours == theirs and ours.is_valid and ours.is_remote
+
+
+@pytest.mark.parametrize("carrier", [
+    None, {}, {"tracestate": "a=1"}, {"traceparent": ""}, {"traceparent": "garbage"},
+    {"traceparent": f"00-{'0' * 32}-{SPAN_ID}-01"}, {"traceparent": f"00-{TRACE_ID}-{'0' * 16}-01"},
+    {"traceparent": f"00-{TRACE_ID.upper()}-{SPAN_ID}-01"},
+])
+def test_context_from_carrier_is_none_without_a_valid_parent(carrier):
+    assert tracing.context_from_carrier(carrier) is None
+
+
+def test_carrier_of_a_span_round_trips(spans):
+    tracer, _ = spans
+    span = tracer.start_span("s")
+    carrier = tracing.carrier_of(span)
+    ctx = span.get_span_context()
+    assert list(carrier) == ["traceparent"]
+    assert carrier["traceparent"].startswith(f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-")
+    assert int(carrier["traceparent"][-2:], 16) & 1  # sampled
+    again = trace.get_current_span(tracing.context_from_carrier(carrier)).get_span_context()
+    assert (again.trace_id, again.span_id) == (ctx.trace_id, ctx.span_id)
+    assert tracing.carrier_of(None) == {}  # no current span
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        assert tracing.inject_metadata([("k", "v")]) == [("k", "v"), ("traceparent", carrier["traceparent"])]
+    finally:
+        otel_context.detach(token)
+
+
+def test_fill_trace_context_keeps_a_context_given_with_the_spec():
+    given = task_pb2.TaskSpec(type="t", trace_context={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
+    empty = task_pb2.TaskSpec(type="t")
+    tracing.fill_trace_context([given, empty], {"traceparent": TRACEPARENT})
+    assert given.trace_context["traceparent"].startswith("00-1111") and empty.trace_context["traceparent"] == TRACEPARENT
+
+
+# ---- the submission span --------------------------------------------------------------------------
+
+class FakeGrpcContext:
+    def __init__(self, metadata=()):
+        self.metadata = tuple(metadata)
+
+    def invocation_metadata(self):
+        return self.metadata
+
+
+def submit(tracing_: SubmissionTracing, specs, metadata=(), results=None, error=None):
+    async def call():
+        if error is not None:
+            raise error
+        return results if results is not None else [(f"id-{i}", True, 2) for i in range(len(specs))]
+    return asyncio.run(tracing_.submit("SubmitTasks", FakeGrpcContext(metadata), specs, call))
+
+
+def test_submission_span_is_a_child_of_the_callers_context_and_its_context_goes_into_each_spec(spans):
+    tracer, exporter = spans
+    specs = [task_pb2.TaskSpec(type="t") for _ in range(3)]
+    submit(SubmissionTracing(tracer), specs, metadata=[("traceparent", TRACEPARENT)])
+    [span] = exporter.get_finished_spans()
+    assert span.name == "corral.v1.TaskService/SubmitTasks" and span.kind == trace.SpanKind.SERVER
+    assert format(span.context.trace_id, "032x") == TRACE_ID
+    assert format(span.parent.span_id, "016x") == SPAN_ID and span.parent.is_remote
+    own = f"00-{TRACE_ID}-{span.context.span_id:016x}-01"
+    assert [s.trace_context["traceparent"] for s in specs] == [own] * 3
+    assert span.attributes["corral.task.count"] == 3 and span.attributes["corral.task.created_count"] == 3
+    assert list(span.attributes["corral.task.ids"]) == ["id-0", "id-1", "id-2"]
+
+
+def test_one_span_per_batch_with_at_most_max_ids(spans):
+    tracer, exporter = spans
+    n = MAX_IDS_ATTRIBUTE + 50
+    submit(SubmissionTracing(tracer), [task_pb2.TaskSpec(type="t") for _ in range(n)])
+    [span] = exporter.get_finished_spans()
+    assert span.parent is None  # no caller context: a root span
+    assert span.attributes["corral.task.count"] == n and len(span.attributes["corral.task.ids"]) == MAX_IDS_ATTRIBUTE
+
+
+def test_single_submission_span_names_the_task(spans):
+    tracer, exporter = spans
+    submit(SubmissionTracing(tracer), [task_pb2.TaskSpec(type="t")], results=[("only", False, 5)])
+    [span] = exporter.get_finished_spans()
+    assert span.attributes["corral.task.id"] == "only" and span.attributes["corral.task.created"] is False
+
+
+def test_a_refused_submission_ends_its_span_in_error(spans):
+    tracer, exporter = spans
+    with pytest.raises(AlreadyExists):
+        submit(SubmissionTracing(tracer), [task_pb2.TaskSpec(type="t")], error=AlreadyExists("task_id: taken"))
+    [span] = exporter.get_finished_spans()
+    assert span.status.status_code == trace.StatusCode.ERROR and "taken" in span.status.description
+
+
+def test_without_a_tracer_no_span_is_made_and_the_callers_context_is_passed_through():
+    specs = [task_pb2.TaskSpec(type="t")]
+    submit(SubmissionTracing(None), specs, metadata=[("traceparent", TRACEPARENT)])
+    assert specs[0].trace_context["traceparent"] == TRACEPARENT
+    plain = [task_pb2.TaskSpec(type="t")]
+    submit(SubmissionTracing(None), plain, metadata=[("traceparent", "nonsense")])
+    assert not plain[0].trace_context
+
+
+# ---- the attempt span -----------------------------------------------------------------------------
+
+class FakeRunner:
+    def __init__(self, lease, on_start=lambda: None):
+        self.lease = lease
+        self.key = (lease.ref.task_id, lease.ref.attempt, lease.ref.fencing_token)
+        self.on_start = on_start
+
+    def start(self):
+        self.on_start()
+
+
+class FakeSession:
+    actor_id = "a-1"
+
+
+def lease(task_id="t-1", attempt=2, token=7, traceparent=TRACEPARENT, task_type="echo"):
+    msg = actor_service_pb2.Lease(task_type=task_type)
+    msg.ref.task_id, msg.ref.attempt, msg.ref.fencing_token = task_id, attempt, token
+    if traceparent:
+        msg.trace_context["traceparent"] = traceparent
+    return msg
+
+
+def test_attempt_span_is_a_child_of_the_lease_context_and_the_handler_runs_inside_it(spans):
+    tracer, exporter = spans
+    telemetry = ActorTelemetry(FakeSession(), tracer=tracer, metrics=True, task_logs=True)
+    seen = {}
+
+    def on_start():
+        seen["span"] = trace.get_current_span().get_span_context()
+        seen["task"] = logs.TASK_CONTEXT.get()
+    runner = FakeRunner(lease(), on_start)
+    telemetry.start_attempt(runner)
+    assert logs.TASK_CONTEXT.get() is None and not trace.get_current_span().get_span_context().is_valid
+    result = actor_service_pb2.AttemptResult(outcome=task_pb2.ATTEMPT_OUTCOME_FAILED)
+    result.error.kind, result.error.message = "ValueError", "bad"
+    telemetry.attempt_done(runner, result, dropped=False)
+    [span] = exporter.get_finished_spans()
+    assert span.name == "corral.attempt" and format(span.parent.span_id, "016x") == SPAN_ID
+    assert format(span.context.trace_id, "032x") == TRACE_ID and seen["span"] == span.context
+    assert seen["task"] == ("t-1", 2, TRACE_ID)
+    assert dict(span.attributes) == {"corral.task.id": "t-1", "corral.task.type": "echo", "corral.attempt": 2,
+                                     "corral.fencing_token": 7, "corral.outcome": "failed"}
+    assert span.status.status_code == trace.StatusCode.ERROR and "ValueError: bad" in span.status.description
+    assert telemetry.finished == {("echo", task_pb2.ATTEMPT_OUTCOME_FAILED): 1}
+    assert sum(telemetry.durations["echo"].counts) == 1
+
+
+def test_attempt_without_trace_context_gets_a_root_span(spans):
+    tracer, exporter = spans
+    telemetry = ActorTelemetry(FakeSession(), tracer=tracer)
+    runner = FakeRunner(lease(traceparent=""))
+    telemetry.start_attempt(runner)
+    telemetry.attempt_done(runner, actor_service_pb2.AttemptResult(outcome=task_pb2.ATTEMPT_OUTCOME_SUCCEEDED), False)
+    [span] = exporter.get_finished_spans()
+    assert span.parent is None and span.status.status_code == trace.StatusCode.UNSET
+
+
+def test_close_ends_the_spans_of_attempts_that_never_finished(spans):
+    tracer, exporter = spans
+    telemetry = ActorTelemetry(FakeSession(), tracer=tracer)
+    telemetry.start_attempt(FakeRunner(lease()))
+    assert exporter.get_finished_spans() == ()
+    telemetry.close()  # the global provider is the API's default here: nothing else to shut down
+    [span] = exporter.get_finished_spans()
+    assert span.attributes["corral.result_dropped"] is True and span.status.status_code == trace.StatusCode.ERROR
+
+
+def test_telemetry_with_only_json_logs_still_sets_the_task_context_from_the_lease():
+    telemetry = ActorTelemetry(FakeSession(), task_logs=True)
+    seen = []
+    telemetry.start_attempt(FakeRunner(lease(), lambda: seen.append(logs.TASK_CONTEXT.get())))
+    assert seen == [("t-1", 2, TRACE_ID)]
+
+
+# ---- metrics --------------------------------------------------------------------------------------
+
+def test_bucket_counts_snapshot_is_cumulative_with_inf_last():
+    h = BucketCounts((0.1, 1.0))
+    for v in (0.05, 0.1, 0.5, 3.0):
+        h.observe(v)
+    buckets, total, count = h.snapshot()
+    assert buckets == [("0.1", 2), ("1.0", 3), ("+Inf", 4)] and count == 4 and total == pytest.approx(3.65)
+    family = histogram_family("x_seconds", "doc", ["t"], [(["a"], h)])
+    registry = CollectorRegistry()
+
+    class One:
+        def collect(self):
+            yield family
+    registry.register(One())
+    text = generate_latest(registry).decode()
+    assert 'x_seconds_bucket{le="0.1",t="a"} 2.0' in text and 'x_seconds_count{t="a"} 4.0' in text
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0.0.0.0:9464", ("0.0.0.0", 9464)), (":9464", ("0.0.0.0", 9464)), ("[::]:1", ("::", 1)),
+    ("127.0.0.1:0", ("127.0.0.1", 0)),
+])
+def test_parse_listen(text, expected):
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9464", "host:", "host:port", "h:70000"])
+def test_parse_listen_refuses(text):
+    with pytest.raises(ValueError):
+        parse_listen(text)
+
+
+class Attempt:
+    def __init__(self, started_ms, ended_ms=0):
+        self.started_ms, self.ended_ms = started_ms, ended_ms
+
+
+class Task:
+    def __init__(self, task_type, attempts, eligible_since_ms=0, state=2, ready_order=0):
+        self.type, self.attempts, self.eligible_since_ms = task_type, attempts, eligible_since_ms
+        self.state, self.ready_order = state, ready_order
+
+
+class FakeProjection:
+    def __init__(self, tasks, queues=None, ready_count=0):
+        self.tasks, self.ready_queues, self.ready_count = tasks, queues or {}, ready_count
+
+
+def test_loop_metrics_count_a_step_once():
+    tasks = {"a": Task("echo", [Attempt(1_000, 1_250)]), "b": Task("echo", [Attempt(1_000), Attempt(1_500)],
+                                                                   eligible_since_ms=900)}
+    m = LoopMetrics(FakeProjection(tasks))
+    rec = wal_pb2.WalRecord()
+    rec.attempt_ended.task_id, rec.attempt_ended.attempt = "a", 1
+    rec.attempt_ended.outcome = task_pb2.ATTEMPT_OUTCOME_SUCCEEDED
+    first = Task("fail", [Attempt(2_000)], eligible_since_ms=1_990)
+    m.step_committed(2_000, 3, 0.002, [(first, None), (tasks["b"], None)], [rec])
+    assert m.attempts == {("echo", task_pb2.ATTEMPT_OUTCOME_SUCCEEDED): 1}
+    assert m.attempt_duration["echo"].sum == pytest.approx(0.25)
+    # Only a first attempt counts towards submit-to-start.
+    assert list(m.submit_to_start) == ["fail"] and m.submit_to_start["fail"].sum == pytest.approx(0.01)
+    assert sum(m.wal_commit.counts) == 1 and m.wal_batch.sum == 3
+    m.step_committed(2_001, 0, 0.0, [], [])
+    assert sum(m.wal_commit.counts) == 1  # a step that wrote nothing committed nothing
+
+
+def test_queue_depths_ignore_stale_entries_of_the_lazy_heaps():
+    tasks = {"r1": Task("echo", [], state=2, ready_order=1), "r2": Task("echo", [], state=2, ready_order=5),
+             "gone": Task("echo", [], state=3, ready_order=2), "g1": Task("gpu", [], state=2, ready_order=3)}
+    # "gone" was granted (RUNNING); r2 became READY again (order 5), leaving its order-4 entry behind.
+    queues = {("echo", frozenset()): [(0, 1, "r1"), (0, 2, "gone"), (0, 4, "r2"), (0, 5, "r2")],
+              ("gpu", frozenset({"cuda"})): [(0, 3, "g1")]}
+    assert queue_depths(FakeProjection(tasks, queues, ready_count=3)) == {"echo": 2, "gpu": 1}
+    # Lengths that add up to the READY count are taken as they are (the common case: no scan).
+    assert queue_depths(FakeProjection(tasks, {("echo", frozenset()): [(0, 1, "r1")]}, ready_count=1)) == {"echo": 1}
+
+
+# ---- settings -------------------------------------------------------------------------------------
+
+def test_coordinator_telemetry_settings_are_validated_and_off_by_default():
+    import argparse
+
+    from coordinator import config as C
+
+    def parse(argv, env=None):
+        parser = argparse.ArgumentParser()
+        C.add_arguments(parser)
+        return C.from_arguments(parser.parse_args(argv), env or {})
+
+    cfg = parse([])
+    assert (cfg.log_format, cfg.metrics_listen, cfg.otlp_endpoint, cfg.trace_file) == ("text", "", "", "")
+    cfg = parse(["--metrics-listen", "0.0.0.0:9464"], {"CORRAL_LOG_FORMAT": "json", "CORRAL_OTLP_ENDPOINT": "http://c:4317"})
+    assert (cfg.metrics_listen, cfg.log_format, cfg.otlp_endpoint) == ("0.0.0.0:9464", "json", "http://c:4317")
+    for argv, env, named in ([], {"CORRAL_LOG_FORMAT": "xml"}, "CORRAL_LOG_FORMAT"), \
+                            (["--metrics-listen", "9464"], {}, "--metrics-listen"):
+        with pytest.raises(C.ConfigError) as info:
+            parse(argv, env)
+        assert named in str(info.value)
+
+
+def test_actor_install_is_a_no_op_when_nothing_is_configured_and_refuses_bad_values():
+    from actor.telemetry import install
+
+    session = FakeSession()
+    assert install(session, environ={}) is None
+    with pytest.raises(ValueError, match="CORRAL_LOG_FORMAT"):
+        install(session, environ={"CORRAL_LOG_FORMAT": "xml"})
+    with pytest.raises(ValueError, match="--metrics-listen / CORRAL_METRICS_LISTEN"):
+        install(session, environ={"CORRAL_METRICS_LISTEN": "nope"})
+
+
+def test_otlp_without_the_extra_installed_is_refused_by_name():
+    try:
+        import opentelemetry.exporter.otlp.proto.grpc  # noqa: F401
+    except ImportError:
+        with pytest.raises(tracing.TracingUnavailable, match=r"corral\[otlp\]"):
+            tracing.configure_tracing("t", otlp_endpoint="http://127.0.0.1:4317")
+    else:
+        pytest.skip("the OTLP exporter is installed here")
