@@ -37,7 +37,8 @@ from actor.context import AttemptContext
 from actor.cancellation import CancellationToken
 from actor.errors import AttemptCanceled, NonRetryableError
 from actor.handler_pool import HandlerThreadPool
-from actor.payload import OUTPUT_NOT_SERIALIZABLE, OutputNotSerializable, decode_input, encode_output
+from actor.payload import (MAX_OUTPUT_BYTES, OUTPUT_TOO_LARGE, OutputNotSerializable, decode_input,
+                           encode_output)
 from corral.v1 import actor_service_pb2, task_pb2
 from corral_telemetry.logs import task_fields, trace_id_of
 
@@ -150,9 +151,13 @@ def build_result(
     if decision.keep_output:
         try:
             encode_output(result, value)
+            if value is not None and result.ByteSize() > MAX_OUTPUT_BYTES:
+                raise OutputNotSerializable(
+                    f"output is {result.ByteSize()} bytes encoded, over the limit of {MAX_OUTPUT_BYTES}",
+                    kind=OUTPUT_TOO_LARGE)
         except OutputNotSerializable as exc:
             # Deterministic programming error: retrying would return the same value.
-            decision = Decision(FAILED, OUTPUT_NOT_SERIALIZABLE, str(exc), non_retryable=True)
+            decision = Decision(FAILED, exc.kind, str(exc), non_retryable=True)
             result = actor_service_pb2.AttemptResult(outcome=FAILED)
             result.lease.CopyFrom(ref)
     if decision.kind:

@@ -24,10 +24,19 @@ from google.protobuf import json_format, struct_pb2
 from corral.v1 import actor_service_pb2
 
 OUTPUT_NOT_SERIALIZABLE = "OutputNotSerializable"
+OUTPUT_TOO_LARGE = "OutputTooLarge"
+# Largest encoded output an actor reports (the coordinator's default input limit is the same):
+# one result must always fit in a message, or it would block every result behind it.
+MAX_OUTPUT_BYTES = 1 << 20
 
 
 class OutputNotSerializable(Exception):
-    """The handler returned a value that is neither bytes, None, nor JSON-serializable."""
+    """The handler returned a value that cannot be reported: neither bytes, None, nor
+    JSON-serializable (kind OutputNotSerializable), or too large (kind OutputTooLarge)."""
+
+    def __init__(self, message: str, kind: str = OUTPUT_NOT_SERIALIZABLE) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def decode_input(lease: actor_service_pb2.Lease) -> Any:

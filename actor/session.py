@@ -164,6 +164,7 @@ class ActorSession:
         self._orphans: dict[LeaseKey, AttemptRunner] = {}  # stopping; result will be dropped
         self._unacked: dict[LeaseKey, actor_service_pb2.AttemptResult] = {}
         self._outbox: list[actor_service_pb2.AttemptResult] = []
+        self._draining_announced = False
         self._heartbeat_due = False
         self._online = False  # welcomed on the current stream
         self._draining = False
@@ -286,6 +287,7 @@ class ActorSession:
 
     async def _drain(self) -> None:
         self._draining = True
+        self._wake.set()  # the writer tells the coordinator: no more leases
         log.info("actor %s stopping: waiting up to %gs for %d running attempt(s)",
                  self.actor_id, self.grace_s, len(self._running))
         if not await self._wait_until(lambda: not self._running, self.grace_s):
@@ -484,7 +486,8 @@ class ActorSession:
         self._outbox = list(self._unacked.values())
         self._online = True
         self._connected.set()
-        if self._outbox:
+        self._draining_announced = False  # a new stream: tell it again if we are draining
+        if self._outbox or self._draining:
             self._wake.set()
         self._changed.set()
 
@@ -500,7 +503,8 @@ class ActorSession:
     async def _writer(self, call: Any) -> None:
         wake = self._wake
         while True:
-            if not self._outbox and not self._heartbeat_due:
+            announce = self._draining and not self._draining_announced
+            if not self._outbox and not self._heartbeat_due and not announce:
                 if self._closing:
                     await call.done_writing()
                     return
@@ -508,13 +512,16 @@ class ActorSession:
                 await wake.wait()
                 continue
             req = actor_service_pb2.ConnectRequest()
+            if announce:
+                req.draining = True  # no more leases for us
+                self._draining_announced = True
             if self._outbox:
                 req.results.extend(self._take_batch())
             if self._heartbeat_due:
                 self._heartbeat_due = False
                 if self._running:
                     req.heartbeats.extend(r.lease.ref for r in self._running.values())
-            if not req.results and not req.heartbeats:
+            if not req.results and not req.heartbeats and not req.draining:
                 continue
             await call.write(req)
             self.messages_sent += 1
@@ -523,10 +530,9 @@ class ActorSession:
                 self.heartbeats_sent += 1
 
     def _take_batch(self) -> list[actor_service_pb2.AttemptResult]:
+        # Always size-capped: each result is at most MAX_OUTPUT_BYTES (payload.py), so a batch
+        # of them can still exceed the message limit.
         outbox = self._outbox
-        if len(outbox) <= 64:  # the common case: small results, no size check needed
-            self._outbox = []
-            return outbox
         size = 0
         n = 0
         for result in outbox:
@@ -569,9 +575,19 @@ class ActorSession:
                         self.actor_id, *key, extra=_lease_log_fields(lease))
             return
         if self._draining:
+            # Granted before the coordinator saw our draining flag: hand it back at once, so it is
+            # re-dispatched now instead of after a lease TTL.
             self.leases_refused += 1
-            log.warning("actor %s: stopping; not starting task %s attempt %d (lease will expire)",
-                        self.actor_id, key[0], key[1], extra=_lease_log_fields(lease))
+            log.info("actor %s: stopping; handing back task %s attempt %d", self.actor_id, key[0], key[1],
+                     extra=_lease_log_fields(lease))
+            result = actor_service_pb2.AttemptResult(outcome=task_pb2.ATTEMPT_OUTCOME_HANDED_BACK)
+            result.lease.CopyFrom(lease.ref)
+            result.error.message = "actor is stopping; lease handed back"
+            result.error.kind = "HandedBack"
+            self._unacked[key] = result
+            if self._online:
+                self._outbox.append(result)
+                self._wake.set()
             return
         if len(self._running) >= self.slots:
             log.warning("actor %s: coordinator granted more leases than slots (%d running, "

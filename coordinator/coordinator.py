@@ -91,8 +91,8 @@ class Coordinator:
         fleet = Fleet(lease_ttl_ms=config.lease_ttl_ms)
         # Telemetry (coordinator/telemetry/): off unless configured; then one call per loop step.
         metrics = LoopMetrics(projection) if config.metrics_listen else None
-        tracer = configure_tracing("corral-coordinator", instance_id=config.effective_coordinator_id,
-                                   otlp_endpoint=config.otlp_endpoint, trace_file=config.trace_file)
+        tracing = configure_tracing("corral-coordinator", instance_id=config.effective_coordinator_id,
+                                    otlp_endpoint=config.otlp_endpoint, trace_file=config.trace_file)
         self.loop = DispatchLoop(
             self.wal, projection, fleet, coordinator_id=config.effective_coordinator_id,
             heartbeat_interval_ms=config.heartbeat_interval_ms, max_queued_commands=config.max_queued_commands,
@@ -102,7 +102,8 @@ class Coordinator:
         log.info("replayed %d WAL records (%d tasks, %d running attempts kept for re-adoption) in %.3f s",
                  applied, len(projection.tasks), restored, time.perf_counter() - started)
         self._loop_task = asyncio.create_task(self.loop.run(), name="dispatch-loop")
-        self._server, self._health, self.port = build_server(config, self.loop, SubmissionTracing(tracer))
+        self._server, self._health, self.port = build_server(config, self.loop,
+                                                             SubmissionTracing(tracing.tracer if tracing else None))
         await self._server.start()
         if metrics is not None:
             self._metrics_server, self.metrics_port = start_coordinator_metrics(config.metrics_listen, self.loop, metrics)

@@ -19,17 +19,26 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 # The W3C propagator only: the carrier fields are documented as traceparent/tracestate.
 _PROPAGATOR = TraceContextTextMapPropagator()
+_EMPTY_CONTEXT = otel_context.Context()
+_SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+_NOT_SAMPLED = trace.TraceFlags(trace.TraceFlags.DEFAULT)
+_FOLLOWS_REMOTE_PARENT = "remoteParentSampled:AlwaysOnSampler,remoteParentNotSampled:AlwaysOffSampler"
+_UNSET = Status(StatusCode.UNSET)
 _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
@@ -49,9 +58,9 @@ def trace_headers(metadata: Iterable[tuple[str, Any]] | None) -> dict[str, str]:
     return found
 
 
-def context_from_carrier(carrier: Mapping[str, str] | None) -> otel_context.Context | None:
-    """The OpenTelemetry context holding the remote span of ``carrier`` (traceparent/tracestate);
-    None when it holds no valid one (the caller then starts a root span).
+def span_context_from_carrier(carrier: Mapping[str, str] | None) -> trace.SpanContext | None:
+    """The remote parent span context in ``carrier`` (traceparent/tracestate); None when it holds
+    no valid one (the caller then starts a root span).
 
     The common case (a version-00 traceparent, no tracestate: what Corral itself writes unless a
     caller sent a tracestate) is parsed here, ~4x faster than the propagator (this runs once per
@@ -68,12 +77,16 @@ def context_from_carrier(carrier: Mapping[str, str] | None) -> otel_context.Cont
             span_id = int(match.group(2), 16)
             if not trace_id or not span_id:
                 return None
-            return trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
-                trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(int(match.group(3), 16)))))
-    ctx = _PROPAGATOR.extract(carrier)
-    if not trace.get_current_span(ctx).get_span_context().is_valid:
-        return None
-    return ctx
+            return trace.SpanContext(trace_id, span_id, is_remote=True,
+                                     trace_flags=trace.TraceFlags(int(match.group(3), 16)))
+    ctx = trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+    return ctx if ctx.is_valid else None
+
+
+def context_from_carrier(carrier: Mapping[str, str] | None) -> otel_context.Context | None:
+    """The OpenTelemetry context holding the remote span of ``carrier``; None without a valid one."""
+    parent = span_context_from_carrier(carrier)
+    return None if parent is None else trace.set_span_in_context(trace.NonRecordingSpan(parent))
 
 
 def carrier_of(span_or_context: trace.Span | otel_context.Context | None = None) -> dict[str, str]:
@@ -100,17 +113,31 @@ def fill_trace_context(specs: Sequence[Any], carrier: Mapping[str, str]) -> None
     """Set ``spec.trace_context`` of every spec whose map is empty (a given one is kept)."""
     if not carrier:
         return
+    items = list(carrier.items())
     for spec in specs:
         tc = spec.trace_context
         if not tc:
-            tc.update(carrier)
+            for key, value in items:  # per key: a third of the cost of tc.update(carrier)
+                tc[key] = value
 
 
 # ---- set-up --------------------------------------------------------------------------------------
 
+class Tracing:
+    """What ``configure_tracing`` set up: the provider, a tracer, and the span processors."""
+
+    def __init__(self, provider: Any, processors: Sequence[Any]) -> None:
+        self.provider = provider
+        self.tracer = provider.get_tracer("corral")
+        self.processors = tuple(processors)
+
+    def recorder(self, name: str, kind: trace.SpanKind) -> "SpanRecorder":
+        return SpanRecorder(self, name, kind)
+
+
 def configure_tracing(service_name: str, *, instance_id: str = "", otlp_endpoint: str = "",
-                      trace_file: str = "") -> trace.Tracer | None:
-    """A tracer exporting to what is configured, or None when nothing is (tracing off).
+                      trace_file: str = "") -> Tracing | None:
+    """Tracing exporting to what is configured, or None when nothing is (tracing off).
 
     Also makes its provider the global one, so spans that handler code starts (inside an attempt)
     join the same traces and exporters. Raises ``TracingUnavailable`` when ``otlp_endpoint`` is set
@@ -125,6 +152,7 @@ def configure_tracing(service_name: str, *, instance_id: str = "", otlp_endpoint
     if instance_id:
         attributes["service.instance.id"] = instance_id
     provider = TracerProvider(resource=Resource.create(attributes))
+    processors = []
     if otlp_endpoint:
         try:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -132,12 +160,88 @@ def configure_tracing(service_name: str, *, instance_id: str = "", otlp_endpoint
             raise TracingUnavailable(
                 f"an OTLP endpoint is configured ({otlp_endpoint}) but the OTLP exporter is not installed: "
                 f"pip install 'corral[otlp]' ({exc})") from None
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+        processors.append(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
     if trace_file:
         exporter = DiscardingSpanExporter() if trace_file == os.devnull else JsonLinesSpanExporter(trace_file)
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        processors.append(BatchSpanProcessor(exporter))
+    for processor in processors:
+        provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
-    return provider.get_tracer("corral")
+    return Tracing(provider, processors)
+
+
+class RecordedSpan:
+    """A span in progress, as ``SpanRecorder`` keeps it (see there)."""
+
+    __slots__ = ("context", "parent", "start_ns", "recording")
+
+    def __init__(self, context: trace.SpanContext, parent: trace.SpanContext | None, start_ns: int,
+                 recording: bool) -> None:
+        self.context = context
+        self.parent = parent
+        self.start_ns = start_ns
+        self.recording = recording
+
+
+class SpanRecorder:
+    """Spans of one name and kind, started and ended by our own code, at a third of the cost of
+    ``tracer.start_span`` (measured: ~10 µs instead of ~30 µs per span; the actor makes one per
+    attempt). Same semantics, through the public SDK pieces: the provider's sampler (parent-based by
+    default) and id generator decide, the span is handed to the span processors as an SDK
+    ``ReadableSpan`` when it ends. What it skips: a live Span object (attributes are given once, at
+    the end; no events), ``on_start`` (a no-op for batch processors) and span limits (the
+    attributes are a fixed few).
+
+    While the span runs, ``context_of(span)`` is an OpenTelemetry context whose current span has
+    its span context, so spans started under it (by handler code, with the normal tracer) are its
+    children."""
+
+    def __init__(self, tracing: Tracing, name: str, kind: trace.SpanKind) -> None:
+        provider = tracing.provider
+        self.name = name
+        self.kind = kind
+        self.sampler = provider.sampler
+        self.ids = provider.id_generator
+        self.resource = provider.resource
+        self.processors = tracing.processors
+        self.scope = InstrumentationScope("corral")
+        # A parent-based sampler with the default delegates for remote parents (the SDK's default,
+        # whatever the root sampler) samples a span with a remote parent iff the parent is sampled:
+        # decided here without the sampler's call (same result, a third of this method's cost).
+        self.follows_remote_parent = _FOLLOWS_REMOTE_PARENT in self.sampler.get_description()
+
+    def start(self, parent: trace.SpanContext | None) -> RecordedSpan:
+        if parent is not None:
+            trace_id = parent.trace_id
+            if self.follows_remote_parent and parent.is_remote:
+                sampled = parent.trace_flags.sampled
+                context = trace.SpanContext(
+                    trace_id, self.ids.generate_span_id(), is_remote=False,
+                    trace_flags=_SAMPLED if sampled else _NOT_SAMPLED, trace_state=parent.trace_state)
+                return RecordedSpan(context, parent, time.time_ns(), sampled)
+            parent_context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
+        else:
+            trace_id = self.ids.generate_trace_id()
+            parent_context = _EMPTY_CONTEXT
+        result = self.sampler.should_sample(parent_context, trace_id, self.name, self.kind)
+        flags = _SAMPLED if result.decision.is_sampled() else _NOT_SAMPLED
+        context = trace.SpanContext(trace_id, self.ids.generate_span_id(), is_remote=False, trace_flags=flags,
+                                    trace_state=result.trace_state)
+        return RecordedSpan(context, parent, time.time_ns(), result.decision.is_recording())
+
+    @staticmethod
+    def context_of(span: RecordedSpan, parent: otel_context.Context | None = None) -> otel_context.Context:
+        return trace.set_span_in_context(trace.NonRecordingSpan(span.context), parent)
+
+    def end(self, span: RecordedSpan, attributes: Mapping[str, Any], status: Any = None) -> None:
+        if not span.recording:
+            return
+        readable = ReadableSpan(
+            self.name, context=span.context, parent=span.parent, resource=self.resource, attributes=attributes,
+            kind=self.kind, status=status if status is not None else _UNSET, start_time=span.start_ns,
+            end_time=time.time_ns(), instrumentation_scope=self.scope)
+        for processor in self.processors:
+            processor.on_end(readable)
 
 
 def shutdown_tracing() -> None:

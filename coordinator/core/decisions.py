@@ -33,7 +33,8 @@ O_FAILED = task_pb2.ATTEMPT_OUTCOME_FAILED
 O_CANCELED = task_pb2.ATTEMPT_OUTCOME_CANCELED
 O_TIMED_OUT = task_pb2.ATTEMPT_OUTCOME_TIMED_OUT
 O_LOST = task_pb2.ATTEMPT_OUTCOME_LOST
-REPORTABLE_OUTCOMES = frozenset({O_SUCCEEDED, O_FAILED, O_CANCELED, O_TIMED_OUT})
+O_HANDED_BACK = task_pb2.ATTEMPT_OUTCOME_HANDED_BACK
+REPORTABLE_OUTCOMES = frozenset({O_SUCCEEDED, O_FAILED, O_CANCELED, O_TIMED_OUT, O_HANDED_BACK})
 
 
 # ---- fencing ---------------------------------------------------------------------------------
@@ -75,6 +76,8 @@ def end_attempt(task: TaskRecord, outcome: int, error: task_pb2.TaskError | None
             error = task_pb2.TaskError(message=task.cancel_reason or "canceled by request", kind="canceled")
     elif outcome == O_SUCCEEDED:
         next_state = State.SUCCEEDED
+    elif outcome == O_HANDED_BACK:
+        next_state = State.READY  # never ran: counts against no limit
     elif outcome == O_LOST or outcome == O_CANCELED:
         # Lost (actor died or was partitioned) or handed back by the actor: run it again now, unless
         # this task has lost too many attempts (it may be what kills its actors).

@@ -10,7 +10,8 @@ encoding and commit, leases, and whatever telemetry adds to them.
 
 Variants: off; metrics (LoopMetrics called once per step); tracing (a submission span per batch,
 trace context in every spec and lease; spans go to a batching exporter that drops them); both.
-Prints the median over rounds of µs of loop CPU per task for each, run interleaved.
+Prints the median and minimum over rounds of µs of loop CPU per task for each, run interleaved,
+with the garbage collector off unless --gc (it adds the same random pauses to every variant).
 """
 from __future__ import annotations
 
@@ -57,6 +58,9 @@ def _tracer():
     return provider.get_tracer("bench")
 
 
+METRICS_CPU: list[float] = []  # per run with metrics: µs per task inside LoopMetrics.step_committed
+
+
 async def run_once(variant: str, n: int, batch: int, tracer) -> float:
     """µs of loop-thread CPU per task inside the loop's steps."""
     with tempfile.TemporaryDirectory(prefix="corral-dispatch-cpu-") as tmp:
@@ -75,6 +79,18 @@ async def run_once(variant: str, n: int, batch: int, tracer) -> float:
             step_cpu += time.thread_time() - t0
 
         loop._step = timed_step
+        metrics_cpu = 0.0
+        if metrics is not None:
+            original_hook = metrics.step_committed
+
+            class Timed:
+                def step_committed(self, *args):
+                    nonlocal metrics_cpu
+                    t0 = time.thread_time()
+                    original_hook(*args)
+                    metrics_cpu += time.thread_time() - t0
+
+            loop.metrics = Timed()
         runner = asyncio.create_task(loop.run())
         link = ActorLink()
         hello = actor_service_pb2.Hello(identity=task_pb2.ExecutorIdentity(
@@ -107,6 +123,8 @@ async def run_once(variant: str, n: int, batch: int, tracer) -> float:
         actor_task.cancel()
         await runner
         wal.close()
+        if metrics is not None:
+            METRICS_CPU.append(metrics_cpu / n * 1e6)
         return step_cpu / n * 1e6
 
 
@@ -115,16 +133,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--gc", action="store_true",
+                        help="keep the garbage collector on (as in the coordinator: its pauses land at random "
+                             "in some step and make the figures much noisier)")
     args = parser.parse_args(argv)
     # Every step commits on the loop's thread, so its CPU is measured whole (see the docstring).
     loop_mod.INLINE_COMMIT_MAX_RECORDS = 1 << 30
     tracer = _tracer()
     results: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    gc.set_threshold(*GC_THRESHOLDS)  # as the coordinator runs (coordinator.tune_gc)
+    if args.gc:
+        gc.set_threshold(*GC_THRESHOLDS)  # as the coordinator runs (coordinator.tune_gc)
     for _ in range(args.rounds):
         for variant in VARIANTS:
             gc.collect()
+            if not args.gc:
+                gc.disable()
             results[variant].append(asyncio.run(run_once(variant, args.tasks, args.batch, tracer)))
+            gc.enable()
     base_med = statistics.median(results["off"])
     base_min = min(results["off"])
     for variant in VARIANTS:
@@ -133,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = ", ".join(f"{x:.1f}" for x in results[variant])
         print(f"{variant:8s} loop CPU per task: median {med:.1f} µs ({(med / base_med - 1) * 100:+.1f}%), "
               f"min {low:.1f} µs ({(low / base_min - 1) * 100:+.1f}%) vs off; runs {runs}")
+    print(f"of which inside LoopMetrics.step_committed: median {statistics.median(METRICS_CPU):.2f} µs per task")
     return 0
 
 

@@ -332,3 +332,29 @@ def test_stop_drops_attempts_still_running_after_grace() -> None:
         assert session.results_sent == 0  # its lease will expire; nothing reported
 
     asyncio.run(go())
+
+
+def test_stopping_actor_announces_draining_and_hands_back_late_leases() -> None:
+    async def go() -> None:
+        session = FakeSession(grace_s=2.0, flush_timeout_s=2.0)
+        task = asyncio.create_task(session.run())
+        call, _ = await connect(session)
+        call.respond(leases=[lease("s", "sleep", {"seconds": 0.2})])
+        await until(lambda: session.running_count == 1)
+        session.stop()
+        announced = await call.next_sent()
+        while not announced.draining:
+            announced = await call.next_sent()
+        # A lease granted before the coordinator saw the flag: handed back at once, never run.
+        call.respond(leases=[lease("late", "noop", token=7)])
+        outcomes: dict[str, int] = {}
+        while len(outcomes) < 2:
+            for result in await call.next_results():
+                outcomes[result.lease.task_id] = result.outcome
+        assert outcomes == {"late": task_pb2.ATTEMPT_OUTCOME_HANDED_BACK, "s": task_pb2.ATTEMPT_OUTCOME_SUCCEEDED}
+        call.respond(acks=[pb.ResultAck(lease=ref("s"), accepted=True),
+                           pb.ResultAck(lease=ref("late", token=7), accepted=True)])
+        await asyncio.wait_for(task, WAIT_S)
+        assert session.attempts_started == 1
+
+    asyncio.run(go())

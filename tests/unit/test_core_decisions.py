@@ -700,3 +700,23 @@ def test_selected_tasks_that_are_granted_are_not_selected_again() -> None:
         sim.report("t1", O.ATTEMPT_OUTCOME_SUCCEEDED)
         assert [g[0] for g in sim.grant()] == ["t2"]
     assert sim.projection.ready_count == 0
+
+
+def test_handed_back_attempt_goes_ready_at_once_and_counts_against_no_limit() -> None:
+    sim = started(max_attempts=1, max_lost_attempts=1)
+    for _ in range(3):  # more hand-backs than either limit allows failures or losses
+        ended = fail(sim, outcome=O.ATTEMPT_OUTCOME_HANDED_BACK,
+                     error=task_pb2.TaskError(message="actor is stopping", kind="HandedBack"))
+        assert (ended.outcome, ended.next_state, ended.ready_at_unix_ms) == (
+            O.ATTEMPT_OUTCOME_HANDED_BACK, State.READY, 0)
+        regrant(sim)
+    task = sim.projection.tasks["t1"]
+    assert (task.state, task.failed_attempts, task.lost_attempts) == (State.RUNNING, 0, 0)
+
+
+def test_handed_back_attempt_of_a_canceled_task_ends_it_canceled() -> None:
+    sim = started()
+    with sim.step(sim.now + 1):
+        sim.cancel("t1")
+    ended = fail(sim, outcome=O.ATTEMPT_OUTCOME_HANDED_BACK)
+    assert ended.next_state == State.CANCELED

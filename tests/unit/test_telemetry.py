@@ -17,7 +17,7 @@ from prometheus_client.core import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from actor.telemetry import ActorTelemetry
-from corral.v1 import actor_service_pb2, task_pb2, wal_pb2
+from corral.v1 import actor_service_pb2, task_pb2
 from corral_telemetry import logs, tracing
 from corral_telemetry.prometheus import BucketCounts, histogram_family, parse_listen
 from coordinator.core.errors import AlreadyExists
@@ -36,6 +36,17 @@ def spans():
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     yield provider.get_tracer("test"), exporter
+    provider.shutdown()
+
+
+@pytest.fixture
+def actor_tracing():
+    """What configure_tracing would set up (without making it global), keeping finished spans."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    processor = SimpleSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    yield tracing.Tracing(provider, [processor]), exporter
     provider.shutdown()
 
 
@@ -265,22 +276,27 @@ def lease(task_id="t-1", attempt=2, token=7, traceparent=TRACEPARENT, task_type=
     return msg
 
 
-def test_attempt_span_is_a_child_of_the_lease_context_and_the_handler_runs_inside_it(spans):
-    tracer, exporter = spans
-    telemetry = ActorTelemetry(FakeSession(), tracer=tracer, metrics=True, task_logs=True)
+def test_attempt_span_is_a_child_of_the_lease_context_and_the_handler_runs_inside_it(actor_tracing):
+    tracing_, exporter = actor_tracing
+    telemetry = ActorTelemetry(FakeSession(), tracing=tracing_, metrics=True, task_logs=True)
     seen = {}
 
     def on_start():
         seen["span"] = trace.get_current_span().get_span_context()
         seen["task"] = logs.TASK_CONTEXT.get()
+        with tracing_.tracer.start_as_current_span("handler-child") as child:
+            seen["child"] = child
     runner = FakeRunner(lease(), on_start)
     telemetry.start_attempt(runner)
     assert logs.TASK_CONTEXT.get() is None and not trace.get_current_span().get_span_context().is_valid
     result = actor_service_pb2.AttemptResult(outcome=task_pb2.ATTEMPT_OUTCOME_FAILED)
     result.error.kind, result.error.message = "ValueError", "bad"
     telemetry.attempt_done(runner, result, dropped=False)
-    [span] = exporter.get_finished_spans()
-    assert span.name == "corral.attempt" and format(span.parent.span_id, "016x") == SPAN_ID
+    child, span = exporter.get_finished_spans()
+    assert child.parent.span_id == span.context.span_id and child.context.trace_id == span.context.trace_id
+    assert span.name == "corral.attempt" and span.kind == trace.SpanKind.CONSUMER
+    assert format(span.parent.span_id, "016x") == SPAN_ID and span.parent.is_remote
+    assert span.resource is tracing_.provider.resource and span.start_time <= span.end_time
     assert format(span.context.trace_id, "032x") == TRACE_ID and seen["span"] == span.context
     assert seen["task"] == ("t-1", 2, TRACE_ID)
     assert dict(span.attributes) == {"corral.task.id": "t-1", "corral.task.type": "echo", "corral.attempt": 2,
@@ -290,9 +306,9 @@ def test_attempt_span_is_a_child_of_the_lease_context_and_the_handler_runs_insid
     assert sum(telemetry.durations["echo"].counts) == 1
 
 
-def test_attempt_without_trace_context_gets_a_root_span(spans):
-    tracer, exporter = spans
-    telemetry = ActorTelemetry(FakeSession(), tracer=tracer)
+def test_attempt_without_trace_context_gets_a_root_span(actor_tracing):
+    tracing_, exporter = actor_tracing
+    telemetry = ActorTelemetry(FakeSession(), tracing=tracing_)
     runner = FakeRunner(lease(traceparent=""))
     telemetry.start_attempt(runner)
     telemetry.attempt_done(runner, actor_service_pb2.AttemptResult(outcome=task_pb2.ATTEMPT_OUTCOME_SUCCEEDED), False)
@@ -300,9 +316,21 @@ def test_attempt_without_trace_context_gets_a_root_span(spans):
     assert span.parent is None and span.status.status_code == trace.StatusCode.UNSET
 
 
-def test_close_ends_the_spans_of_attempts_that_never_finished(spans):
-    tracer, exporter = spans
-    telemetry = ActorTelemetry(FakeSession(), tracer=tracer)
+def test_an_unsampled_parent_makes_no_attempt_span_but_its_context_still_flows(actor_tracing):
+    tracing_, exporter = actor_tracing
+    telemetry = ActorTelemetry(FakeSession(), tracing=tracing_)
+    seen = []
+    runner = FakeRunner(lease(traceparent=f"00-{TRACE_ID}-{SPAN_ID}-00"),
+                        lambda: seen.append(trace.get_current_span().get_span_context()))
+    telemetry.start_attempt(runner)
+    telemetry.attempt_done(runner, actor_service_pb2.AttemptResult(outcome=task_pb2.ATTEMPT_OUTCOME_SUCCEEDED), False)
+    assert exporter.get_finished_spans() == ()
+    assert format(seen[0].trace_id, "032x") == TRACE_ID and not seen[0].trace_flags.sampled
+
+
+def test_close_ends_the_spans_of_attempts_that_never_finished(actor_tracing):
+    tracing_, exporter = actor_tracing
+    telemetry = ActorTelemetry(FakeSession(), tracing=tracing_)
     telemetry.start_attempt(FakeRunner(lease()))
     assert exporter.get_finished_spans() == ()
     telemetry.close()  # the global provider is the API's default here: nothing else to shut down
@@ -351,8 +379,8 @@ def test_parse_listen_refuses(text):
 
 
 class Attempt:
-    def __init__(self, started_ms, ended_ms=0):
-        self.started_ms, self.ended_ms = started_ms, ended_ms
+    def __init__(self, started_ms, ended_ms=0, outcome=task_pb2.ATTEMPT_OUTCOME_UNSPECIFIED):
+        self.started_ms, self.ended_ms, self.outcome = started_ms, ended_ms, outcome
 
 
 class Task:
@@ -367,21 +395,36 @@ class FakeProjection:
 
 
 def test_loop_metrics_count_a_step_once():
-    tasks = {"a": Task("echo", [Attempt(1_000, 1_250)]), "b": Task("echo", [Attempt(1_000), Attempt(1_500)],
-                                                                   eligible_since_ms=900)}
+    ok = task_pb2.ATTEMPT_OUTCOME_SUCCEEDED
+    tasks = {"a": Task("echo", [Attempt(1_000, 1_250, ok)]),
+             "b": Task("echo", [Attempt(1_000, 1_400, task_pb2.ATTEMPT_OUTCOME_LOST), Attempt(1_500)],
+                       eligible_since_ms=900)}
     m = LoopMetrics(FakeProjection(tasks))
-    rec = wal_pb2.WalRecord()
-    rec.attempt_ended.task_id, rec.attempt_ended.attempt = "a", 1
-    rec.attempt_ended.outcome = task_pb2.ATTEMPT_OUTCOME_SUCCEEDED
+    ended = ["a", "b"]  # "b" lost attempt 1 and was granted attempt 2 in the same step
     first = Task("fail", [Attempt(2_000)], eligible_since_ms=1_990)
-    m.step_committed(2_000, 3, 0.002, [(first, None), (tasks["b"], None)], [rec])
-    assert m.attempts == {("echo", task_pb2.ATTEMPT_OUTCOME_SUCCEEDED): 1}
-    assert m.attempt_duration["echo"].sum == pytest.approx(0.25)
-    # Only a first attempt counts towards submit-to-start.
-    assert list(m.submit_to_start) == ["fail"] and m.submit_to_start["fail"].sum == pytest.approx(0.01)
+    slow = Task("fail", [Attempt(2_000)], eligible_since_ms=2_000 - 20_000)  # beyond the lookup table
+    m.step_committed(2_000, 3, 0.002, [(first, None), (slow, None), (tasks["b"], None)], ended)
+    echo = m.by_type["echo"]
+    assert echo.outcomes[ok] == 1 and echo.outcomes[task_pb2.ATTEMPT_OUTCOME_LOST] == 1 and sum(echo.outcomes) == 2
+    buckets, total, count = echo.duration.snapshot()
+    assert count == 2 and total == pytest.approx(0.25 + 0.4) and dict(buckets)["0.5"] == 2 and dict(buckets)["0.1"] == 0
+    # Only a first attempt counts towards submit-to-start ("b" is on its second).
+    assert sum(echo.submit_to_start.counts) == 0
+    buckets, total, count = m.by_type["fail"].submit_to_start.snapshot()
+    assert count == 2 and total == pytest.approx(20.01) and dict(buckets)["0.01"] == 1 and dict(buckets)["30.0"] == 2
     assert sum(m.wal_commit.counts) == 1 and m.wal_batch.sum == 3
     m.step_committed(2_001, 0, 0.0, [], [])
     assert sum(m.wal_commit.counts) == 1  # a step that wrote nothing committed nothing
+
+
+def test_ms_buckets_agree_with_the_plain_ones():
+    from corral_telemetry.prometheus import LATENCY_BUCKETS_S, MsBucketCounts
+
+    fast, plain = MsBucketCounts(LATENCY_BUCKETS_S), BucketCounts(LATENCY_BUCKETS_S)
+    for ms in (0, 1, 2, 3, 5, 9, 10, 11, 250, 251, 9_999, 10_000, 10_001, 400_000):
+        fast.observe_ms(ms)
+        plain.observe(ms / 1000)
+    assert fast.snapshot()[0] == plain.snapshot()[0] and fast.snapshot()[1] == pytest.approx(plain.snapshot()[1])
 
 
 def test_queue_depths_ignore_stale_entries_of_the_lazy_heaps():

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from corral.v1 import task_pb2 as corral_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63orral/v1/admin_service.proto\x12\tcorral.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x63orral/v1/task.proto\"\x19\n\x17GetClusterStatusRequest\"@\n\nStateCount\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x97\x01\n\x0b\x41\x63torStatus\x12-\n\x08identity\x18\x01 \x01(\x0b\x32\x1b.corral.v1.ExecutorIdentity\x12\x12\n\nfree_slots\x18\x02 \x01(\x05\x12\x13\n\x0bleases_held\x18\x03 \x01(\x05\x12\x30\n\x0c\x63onnected_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\x0bWalPosition\x12\x10\n\x08last_seq\x18\x01 \x01(\x04\x12\x0f\n\x07\x63ommits\x18\x02 \x01(\x04\"\xcd\x01\n\x18GetClusterStatusResponse\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12-\n\x0etasks_by_state\x18\x02 \x03(\x0b\x32\x15.corral.v1.StateCount\x12&\n\x06\x61\x63tors\x18\x03 \x03(\x0b\x32\x16.corral.v1.ActorStatus\x12#\n\x03wal\x18\x04 \x01(\x0b\x32\x16.corral.v1.WalPosition\x12\x1d\n\x15highest_fencing_token\x18\x05 \x01(\x03\"\x13\n\x11ListActorsRequest\"<\n\x12ListActorsResponse\x12&\n\x06\x61\x63tors\x18\x01 \x03(\x0b\x32\x16.corral.v1.ActorStatus2\xb6\x01\n\x0c\x41\x64minService\x12[\n\x10GetClusterStatus\x12\".corral.v1.GetClusterStatusRequest\x1a#.corral.v1.GetClusterStatusResponse\x12I\n\nListActors\x12\x1c.corral.v1.ListActorsRequest\x1a\x1d.corral.v1.ListActorsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63orral/v1/admin_service.proto\x12\tcorral.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x63orral/v1/task.proto\"\x19\n\x17GetClusterStatusRequest\"@\n\nStateCount\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xba\x01\n\x0b\x41\x63torStatus\x12-\n\x08identity\x18\x01 \x01(\x0b\x32\x1b.corral.v1.ExecutorIdentity\x12\x12\n\nfree_slots\x18\x02 \x01(\x05\x12\x13\n\x0bleases_held\x18\x03 \x01(\x05\x12\x30\n\x0c\x63onnected_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\x12\x0f\n\x07suspect\x18\x06 \x01(\x08\"0\n\x0bWalPosition\x12\x10\n\x08last_seq\x18\x01 \x01(\x04\x12\x0f\n\x07\x63ommits\x18\x02 \x01(\x04\"\xcd\x01\n\x18GetClusterStatusResponse\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12-\n\x0etasks_by_state\x18\x02 \x03(\x0b\x32\x15.corral.v1.StateCount\x12&\n\x06\x61\x63tors\x18\x03 \x03(\x0b\x32\x16.corral.v1.ActorStatus\x12#\n\x03wal\x18\x04 \x01(\x0b\x32\x16.corral.v1.WalPosition\x12\x1d\n\x15highest_fencing_token\x18\x05 \x01(\x03\"\x13\n\x11ListActorsRequest\"<\n\x12ListActorsResponse\x12&\n\x06\x61\x63tors\x18\x01 \x03(\x0b\x32\x16.corral.v1.ActorStatus2\xb6\x01\n\x0c\x41\x64minService\x12[\n\x10GetClusterStatus\x12\".corral.v1.GetClusterStatusRequest\x1a#.corral.v1.GetClusterStatusResponse\x12I\n\nListActors\x12\x1c.corral.v1.ListActorsRequest\x1a\x1d.corral.v1.ListActorsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,15 +38,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATECOUNT']._serialized_start=126
   _globals['_STATECOUNT']._serialized_end=190
   _globals['_ACTORSTATUS']._serialized_start=193
-  _globals['_ACTORSTATUS']._serialized_end=344
-  _globals['_WALPOSITION']._serialized_start=346
-  _globals['_WALPOSITION']._serialized_end=394
-  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_start=397
-  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=602
-  _globals['_LISTACTORSREQUEST']._serialized_start=604
-  _globals['_LISTACTORSREQUEST']._serialized_end=623
-  _globals['_LISTACTORSRESPONSE']._serialized_start=625
-  _globals['_LISTACTORSRESPONSE']._serialized_end=685
-  _globals['_ADMINSERVICE']._serialized_start=688
-  _globals['_ADMINSERVICE']._serialized_end=870
+  _globals['_ACTORSTATUS']._serialized_end=379
+  _globals['_WALPOSITION']._serialized_start=381
+  _globals['_WALPOSITION']._serialized_end=429
+  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_start=432
+  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=637
+  _globals['_LISTACTORSREQUEST']._serialized_start=639
+  _globals['_LISTACTORSREQUEST']._serialized_end=658
+  _globals['_LISTACTORSRESPONSE']._serialized_start=660
+  _globals['_LISTACTORSRESPONSE']._serialized_end=720
+  _globals['_ADMINSERVICE']._serialized_start=723
+  _globals['_ADMINSERVICE']._serialized_end=905
 # @@protoc_insertion_point(module_scope)

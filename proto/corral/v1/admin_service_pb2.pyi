@@ -23,16 +23,20 @@ class StateCount(_message.Message):
     def __init__(self, state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ActorStatus(_message.Message):
-    __slots__ = ("identity", "free_slots", "leases_held", "connected_at")
+    __slots__ = ("identity", "free_slots", "leases_held", "connected_at", "draining", "suspect")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
     LEASES_HELD_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    SUSPECT_FIELD_NUMBER: _ClassVar[int]
     identity: _task_pb2.ExecutorIdentity
     free_slots: int
     leases_held: int
     connected_at: _timestamp_pb2.Timestamp
-    def __init__(self, identity: _Optional[_Union[_task_pb2.ExecutorIdentity, _Mapping]] = ..., free_slots: _Optional[int] = ..., leases_held: _Optional[int] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    draining: bool
+    suspect: bool
+    def __init__(self, identity: _Optional[_Union[_task_pb2.ExecutorIdentity, _Mapping]] = ..., free_slots: _Optional[int] = ..., leases_held: _Optional[int] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., draining: _Optional[bool] = ..., suspect: _Optional[bool] = ...) -> None: ...
 
 class WalPosition(_message.Message):
     __slots__ = ("last_seq", "commits")

@@ -31,6 +31,7 @@ class AttemptOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ATTEMPT_OUTCOME_CANCELED: _ClassVar[AttemptOutcome]
     ATTEMPT_OUTCOME_TIMED_OUT: _ClassVar[AttemptOutcome]
     ATTEMPT_OUTCOME_LOST: _ClassVar[AttemptOutcome]
+    ATTEMPT_OUTCOME_HANDED_BACK: _ClassVar[AttemptOutcome]
 
 class BackoffKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -58,6 +59,7 @@ ATTEMPT_OUTCOME_FAILED: AttemptOutcome
 ATTEMPT_OUTCOME_CANCELED: AttemptOutcome
 ATTEMPT_OUTCOME_TIMED_OUT: AttemptOutcome
 ATTEMPT_OUTCOME_LOST: AttemptOutcome
+ATTEMPT_OUTCOME_HANDED_BACK: AttemptOutcome
 BACKOFF_KIND_UNSPECIFIED: BackoffKind
 BACKOFF_KIND_FIXED: BackoffKind
 BACKOFF_KIND_EXPONENTIAL: BackoffKind
