@@ -336,7 +336,7 @@ class AttemptRunner:
             return
         if self._task is not None:
             self._task.cancel()  # not awaited: the result is reported now
-        if self._cf is not None:
+        if self._cf is not None and not self._cf.cancel():  # cancel() works only if not started
             executor = self._own_executor or self._executor
             if isinstance(executor, HandlerThreadPool):
                 executor.abandon(self._cf)

@@ -475,3 +475,36 @@ def test_pool_queues_beyond_capacity_and_runs_everything() -> None:
     assert [f.result(timeout=5) for f in futures] == list(range(20))
     assert peak <= 2
     pool.shutdown()
+
+
+def test_queued_sync_attempt_timed_out_before_it_started_never_runs() -> None:
+    import threading
+
+    ran = threading.Event()
+    release = threading.Event()
+    app = App()
+
+    @app.handler("block")
+    def block(input, ctx):  # ignores its token; holds the only pool thread
+        release.wait(5)
+
+    @app.handler("effect")
+    def effect(input, ctx):
+        ran.set()
+
+    pool = HandlerThreadPool(1)
+
+    async def go():
+        first = AttemptRunner(app, make_lease("block", timeout_ms=10_000, task_id="b"), grace_s=5, executor=pool)
+        second = AttemptRunner(app, make_lease("effect", timeout_ms=50, task_id="e"), grace_s=0.05, executor=pool)
+        first.start()
+        second.start()  # queued behind `block`: it times out and is abandoned before it starts
+        result = await asyncio.wait_for(second.wait(), 5)
+        release.set()
+        await asyncio.wait_for(first.wait(), 5)
+        return result
+
+    result = asyncio.run(go())
+    assert result.outcome == TIMED_OUT
+    pool.shutdown(wait=True)
+    assert not ran.is_set(), "an abandoned attempt that never started must never run"
