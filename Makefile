@@ -43,3 +43,9 @@ clean:
 .PHONY: cluster
 cluster: venv
 	$(PY) tools/k8s_stand_in.py
+
+# The Node.js client (clients/node): install its pinned packages, generate its stubs from proto/,
+# compile it. Then: node clients/node/dist/src/submit_and_watch.js localhost:7070 echo '{"from":"node"}'
+.PHONY: client-node
+client-node: venv
+	cd clients/node && npm ci --no-audit --no-fund && PYTHON=$(abspath $(PY)) node scripts/gen.mjs && node node_modules/typescript/bin/tsc -p tsconfig.json

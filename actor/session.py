@@ -651,7 +651,7 @@ class ActorSession:
         self.attempts_finished += 1
         self._changed.set()
         if self.telemetry is not None:
-            self.telemetry.attempt_done(runner, result, dropped=key not in self._running)
+            self.telemetry.attempt_done(runner, result, key not in self._running)  # not running: dropped
         if self._running.pop(key, None) is None:
             if self._orphans.pop(key, None) is not None:
                 self.results_dropped += 1

@@ -9,10 +9,11 @@ default) pays one None check per attempt.
   attempt span ``corral.attempt`` is a child of the context the lease carries (the task's
   submission span on the coordinator, itself a child of the submitter's span), with attributes
   task id, type, attempt, fencing token and, at the end, the outcome (the actor id is the
-  resource's service.instance.id). The handler runs
-  with the span current, so spans it starts nest under it. Note for child tasks (a later issue):
-  a task submitted from inside a handler inherits here, by injecting the current context
-  (``corral_telemetry.tracing.carrier_of()``) into the child's ``TaskSpec.trace_context``.
+  resource's service.instance.id); its status is ERROR when the attempt failed or timed out. The
+  handler runs with the span current, so spans it starts nest under it. Child tasks (a later
+  issue) inherit here: a task submitted from inside a handler gets the current context
+  (``corral_telemetry.tracing.carrier_of()``, i.e. this attempt's span) in its
+  ``TaskSpec.trace_context``, which the coordinator keeps because it is not empty.
 - Metrics (``--metrics-listen`` / ``CORRAL_METRICS_LISTEN``): counters the session keeps anyway
   are read at scrape time; per attempt only an outcome count and a duration observation are
   added (plain ints, no lock).
@@ -47,7 +48,7 @@ ENV_LOG_FORMAT = "CORRAL_LOG_FORMAT"
 ENV_OTLP_ENDPOINT = "CORRAL_OTLP_ENDPOINT"
 ENV_TRACE_FILE = "CORRAL_TRACE_FILE"
 
-SUCCEEDED = task_pb2.ATTEMPT_OUTCOME_SUCCEEDED
+ERROR_OUTCOMES = frozenset({task_pb2.ATTEMPT_OUTCOME_FAILED, task_pb2.ATTEMPT_OUTCOME_TIMED_OUT})
 ATTEMPT_SPAN = "corral.attempt"
 OUTCOME_LABELS = {v.number: v.name.removeprefix("ATTEMPT_OUTCOME_").lower()
                   for v in task_pb2.AttemptOutcome.DESCRIPTOR.values}
@@ -85,6 +86,8 @@ class ActorTelemetry:
         if spans is not None:
             span = spans.start(span_context_from_carrier(carrier) if carrier else None)
             self._spans[runner.key] = span
+            # Current while the handler runs: its spans nest here, and child tasks (a later issue)
+            # inherit it by injecting carrier_of() into their TaskSpec.trace_context.
             token = otel_context.attach(spans.context_of(span))
         if self.task_logs:
             if span is not None:
@@ -127,7 +130,7 @@ class ActorTelemetry:
             if dropped:
                 attributes["corral.result_dropped"] = True
             status = None
-            if outcome != SUCCEEDED:
+            if outcome in ERROR_OUTCOMES:
                 error = result.error
                 status = Status(StatusCode.ERROR, f"{error.kind}: {error.message}"[:1024])
             self.spans.end(span, attributes, status)

@@ -3,6 +3,7 @@
     corral coordinator [--listen HOST:PORT] [--data-dir DIR] ...   run the coordinator
     corral actor --coordinator HOST:PORT --app MODULE [--slots N]  run an actor process
     corral submit|get|cancel|watch|list|status ...                 talk to a coordinator
+    corral pause|resume|drain|events ...                           operate it (pause dispatch, drain, task events)
 """
 from __future__ import annotations
 
@@ -40,7 +41,10 @@ async def serve(config: config_mod.CoordinatorConfig) -> int:
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     fatal = coordinator.loop.fatal_error if coordinator.loop else None
     logging.getLogger("corral.coordinator").info("shutting down")
-    await coordinator.stop()
+    hurry = asyncio.Event()  # a second SIGTERM/SIGINT ends the drain at once
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, hurry.set)
+    await coordinator.stop(hurry)
     waiter.cancel()
     stopper.cancel()
     return 1 if fatal is not None else 0

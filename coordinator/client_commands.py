@@ -1,4 +1,4 @@
-"""`corral submit|get|cancel|list|watch|status`: the command-line client.
+"""`corral submit|get|cancel|list|watch|status|pause|resume|drain|events`: the command-line client.
 
 Owns: turning command-line arguments into TaskService/AdminService calls and printing the
 answers as JSON (the protobuf JSON mapping, as grpcurl prints it). A refused request prints one
@@ -62,6 +62,7 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
 
     p = common(sub.add_parser("status", help="cluster status: tasks by state, actors, WAL position"))
     p.set_defaults(run=cmd_status)
+    add_operation_commands(sub, common)
 
 
 def _print(message) -> None:
@@ -166,3 +167,81 @@ def run_client_command(args: argparse.Namespace) -> int:
             code = exc.code()
             print(f"error: {code.name}: {exc.details()}", file=sys.stderr)
             return 2 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else 1
+
+
+# ---- operations: pause, resume, drain, events -----------------------------------------------------
+
+def add_operation_commands(sub: argparse._SubParsersAction, common) -> None:
+    p = common(sub.add_parser("pause", help="stop granting leases (durable; running attempts continue)"))
+    p.add_argument("--reason", default="")
+    p.set_defaults(run=cmd_pause)
+
+    p = common(sub.add_parser("resume", help="grant leases again (ends a pause, and a drain started by `drain`)"))
+    p.add_argument("--reason", default="")
+    p.set_defaults(run=cmd_resume)
+
+    p = common(sub.add_parser("drain", help="stop accepting tasks and granting leases; running attempts finish"))
+    p.add_argument("--reason", default="")
+    p.add_argument("--wait", action="store_true", help="then wait until no attempt is running and print the status")
+    p.add_argument("--wait-s", type=float, default=600.0, help="give up waiting after this long (exit 4)")
+    p.set_defaults(run=cmd_drain)
+
+    p = common(sub.add_parser("events", help="print task events as JSON lines, until interrupted"))
+    p.add_argument("--type", dest="types", action="append", default=[], help="task type (repeatable: any of them)")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label (repeatable: all of them)")
+    p.add_argument("--parent", default="", help="parent task id (no task has a parent yet: matches nothing)")
+    p.set_defaults(run=cmd_events)
+
+
+def _print_all_fields(message) -> None:
+    print(json_format.MessageToJson(message, indent=2, always_print_fields_with_no_presence=True))
+
+
+def cmd_pause(args, channel) -> int:
+    stub = admin_service_pb2_grpc.AdminServiceStub(channel)
+    _print_all_fields(stub.Pause(admin_service_pb2.PauseRequest(reason=args.reason), timeout=args.timeout_s))
+    return 0
+
+
+def cmd_resume(args, channel) -> int:
+    stub = admin_service_pb2_grpc.AdminServiceStub(channel)
+    _print_all_fields(stub.Resume(admin_service_pb2.ResumeRequest(reason=args.reason), timeout=args.timeout_s))
+    return 0
+
+
+def cmd_drain(args, channel) -> int:
+    import time
+
+    stub = admin_service_pb2_grpc.AdminServiceStub(channel)
+    resp = stub.Drain(admin_service_pb2.DrainRequest(reason=args.reason), timeout=args.timeout_s)
+    if not args.wait:
+        _print_all_fields(resp)
+        return 0
+    deadline = time.monotonic() + args.wait_s
+    while True:
+        status = stub.GetClusterStatus(admin_service_pb2.GetClusterStatusRequest(), timeout=args.timeout_s)
+        running = sum(s.count for s in status.tasks_by_state if s.state == task_pb2.TASK_STATE_RUNNING)
+        if running == 0 or time.monotonic() > deadline:
+            _print(status)
+            if running:
+                print(f"error: {running} attempts still running after {args.wait_s} s", file=sys.stderr)
+                return 4
+            return 0
+        time.sleep(0.5)
+
+
+def cmd_events(args, channel) -> int:
+    stub = task_service_pb2_grpc.TaskServiceStub(channel)
+    request = task_service_pb2.WatchEventsRequest(types=args.types, parent_task_id=args.parent)
+    for label in args.label:
+        k, sep, v = label.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --label {label!r} is not KEY=VALUE")
+        request.labels[k] = v
+    try:
+        for resp in stub.WatchEvents(request):
+            for event in resp.events:
+                print(json_format.MessageToJson(event, indent=None), flush=True)
+    except KeyboardInterrupt:
+        return 0
+    return 0

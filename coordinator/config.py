@@ -13,6 +13,8 @@ import socket
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
+from .core.rate_limit import RateLimit, parse_rate_limits
+
 
 class ConfigError(ValueError):
     pass
@@ -63,6 +65,14 @@ def _at_least(n: int) -> Callable[[Any], str | None]:
     return lambda v: None if v >= n else f"must be at least {n}"
 
 
+def _rate_limits_problem(text: str) -> str | None:
+    try:
+        parse_rate_limits(text)
+    except ValueError as exc:
+        return f"{exc} (expected TYPE=RATE[:BURST],TYPE2=RATE, e.g. resize=5:10)"
+    return None
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("listen", _host_port, "127.0.0.1:7070", "address to serve gRPC on (HOST:PORT)"),
     Setting("data_dir", str, ".corral-data", "directory of the LMDB write-ahead log (a mounted volume in production)"),
@@ -76,10 +86,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_message_bytes", int, 64 << 20, "largest gRPC message accepted (SubmitTasks batches)", _at_least(1 << 16)),
     Setting("max_queued_commands", int, 100_000,
             "commands waiting for the dispatch loop before requests get RESOURCE_EXHAUSTED", _at_least(1)),
+    Setting("max_queued_tasks", int, 1_000_000,
+            "tasks waiting to run (SCHEDULED, READY, RETRY_WAIT) beyond which submissions get RESOURCE_EXHAUSTED; "
+            "0: no limit", _at_least(0)),
+    Setting("rate_limits", str, "",
+            "per task type, tasks started per second cluster-wide: TYPE=RATE[:BURST],... (burst default 1); "
+            "empty: none", _rate_limits_problem),
+    Setting("priority_aging_s", float, 60.0,
+            "a READY task's priority grows by 1 per this many seconds waited (no starvation); 0: no aging",
+            lambda v: None if v >= 0 else "must not be negative"),
     Setting("wal_map_size_bytes", int, 16 << 30, "initial LMDB map size (grows when full)", _at_least(1 << 20)),
     Setting("truncate_corrupt_wal", _bool, False,
             "on start, drop WAL records from the first corrupt one on, instead of refusing to start"),
     Setting("shutdown_grace_s", float, 10.0, "on SIGTERM, how long in-flight RPCs may finish", _positive),
+    Setting("drain_grace_s", float, 30.0,
+            "on SIGTERM, first stop taking work and wait this long for attempts in flight to finish "
+            "(those still running stay RUNNING for the next coordinator); 0: no wait",
+            lambda v: None if v >= 0 else "must not be negative"),
+    Setting("max_queued_events", int, 10_000,
+            "events queued for one WatchEvents subscriber beyond which it is dropped (RESOURCE_EXHAUSTED)",
+            _at_least(1)),
     Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR",
             lambda v: None if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR") else "must be DEBUG, INFO, WARNING or ERROR"),
     Setting("log_format", str, "text", "text, or json (one JSON object per line, with task_id/attempt/trace_id)",
@@ -105,9 +131,14 @@ class CoordinatorConfig:
     max_input_bytes: int = 1 << 20
     max_message_bytes: int = 64 << 20
     max_queued_commands: int = 100_000
+    max_queued_tasks: int = 1_000_000
+    rate_limits: str = ""
+    priority_aging_s: float = 60.0
     wal_map_size_bytes: int = 16 << 30
     truncate_corrupt_wal: bool = False
     shutdown_grace_s: float = 10.0
+    drain_grace_s: float = 30.0
+    max_queued_events: int = 10_000
     log_level: str = "INFO"
     log_format: str = "text"
     metrics_listen: str = ""
@@ -129,6 +160,14 @@ class CoordinatorConfig:
     @property
     def lease_ttl_ms(self) -> int:
         return int(self.lease_ttl_s * 1000)
+
+    @property
+    def rate_limit_map(self) -> dict[str, RateLimit]:
+        return parse_rate_limits(self.rate_limits)
+
+    @property
+    def priority_aging_ms(self) -> int:
+        return int(self.priority_aging_s * 1000)
 
     @property
     def heartbeat_interval_ms(self) -> int:

@@ -4,8 +4,10 @@ Owns: start-up and shutdown order.
 - Start: open LMDB; replay every record into a fresh projection (a corrupt record stops start-up
   with its sequence number, unless truncation was asked for); give RUNNING attempts a fresh lease
   so actors can re-present them; start the loop; only then serve, and report SERVING on health.
-- Stop: health NOT_SERVING; stop accepting RPCs and let in-flight ones finish within the grace;
-  stop the loop after its current step's commit; close LMDB.
+- Stop: health NOT_SERVING; drain (submissions get UNAVAILABLE, no new leases) until no connected
+  actor holds a lease or `drain_grace_s` passed (dispatch/operations.py); close actor streams and
+  watches; stop accepting RPCs and let in-flight ones finish within the grace; stop the loop after
+  its current step's commit; close LMDB.
 """
 from __future__ import annotations
 
@@ -20,9 +22,11 @@ from grpc_health.v1 import health_pb2
 from corral_telemetry.tracing import configure_tracing, shutdown_tracing
 
 from .config import CoordinatorConfig
+from .core.admission import Admission
 from .core.fleet import Fleet
 from .core.projection import Projection
 from .dispatch.loop import DispatchLoop
+from .dispatch.operations import drain_for_shutdown
 from .server.grpc_server import SERVICE_NAMES, build_server
 from .storage.codec import CorruptRecordError
 from .storage.wal import HIGHEST_TOKEN_KEY, WriteAheadLog
@@ -82,7 +86,8 @@ class Coordinator:
         config = self.config
         started = time.perf_counter()
         self.wal = await asyncio.to_thread(WriteAheadLog, config.data_dir, map_size_bytes=config.wal_map_size_bytes)
-        projection = Projection(deadline_grace_ms=int(config.deadline_grace_s * 1000))
+        projection = Projection(deadline_grace_ms=int(config.deadline_grace_s * 1000),
+                                priority_aging_ms=config.priority_aging_ms)
         applied = await asyncio.to_thread(replay, self.wal, projection, config.truncate_corrupt_wal)
         stored = self.wal.get_meta(HIGHEST_TOKEN_KEY)
         if stored is not None and int.from_bytes(stored, "big") > projection.highest_token:
@@ -96,11 +101,16 @@ class Coordinator:
         self.loop = DispatchLoop(
             self.wal, projection, fleet, coordinator_id=config.effective_coordinator_id,
             heartbeat_interval_ms=config.heartbeat_interval_ms, max_queued_commands=config.max_queued_commands,
-            clock=self.clock, metrics=metrics)
+            max_queued_events=config.max_queued_events,
+            clock=self.clock, metrics=metrics,
+            admission=Admission(config.max_queued_tasks, config.rate_limit_map, int(time.monotonic() * 1000)))
         restored = self.loop.restore_leases()
         tune_gc()
         log.info("replayed %d WAL records (%d tasks, %d running attempts kept for re-adoption) in %.3f s",
                  applied, len(projection.tasks), restored, time.perf_counter() - started)
+        if projection.paused:
+            log.warning("dispatch is paused (%s): no lease is granted until AdminService.Resume (corral resume)",
+                        projection.pause_reason)
         self._loop_task = asyncio.create_task(self.loop.run(), name="dispatch-loop")
         self._server, self._health, self.port = build_server(config, self.loop,
                                                              SubmissionTracing(tracing.tracer if tracing else None))
@@ -121,9 +131,12 @@ class Coordinator:
         await asyncio.wait({server_done, self._loop_task}, return_when=asyncio.FIRST_COMPLETED)
         server_done.cancel()
 
-    async def stop(self) -> None:
+    async def stop(self, hurry: asyncio.Event | None = None) -> None:
+        """Shut down; `hurry` (a second signal) cuts the drain short."""
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self.loop is not None and self._loop_task is not None and not self._loop_task.done():
+            await drain_for_shutdown(self.loop, self._loop_task, self.config.drain_grace_s, hurry)
         if self.loop is not None:
             self.loop.close_streams("coordinator is shutting down")
         if self._server is not None:

@@ -10,7 +10,10 @@ Invariants:
 - The fencing rule: a message about an attempt is accepted only if its token is the attempt's
   current token, the lease is live, and it comes from the actor identity the lease was granted to.
 - Grants never exceed an actor's free slots and only go to actors that serve the task's type and
-  have all its required capabilities; selection is by priority, then FIFO.
+  have all its required capabilities; selection is by priority with aging, then FIFO (the ready
+  queues' order, see Projection.ready_entry); a rate-limited type gets at most its budget.
+- Concurrency keys need no check here: a keyed task is in a ready queue only once its key
+  admitted it (core/concurrency.py), so a selection can never exceed a key's limit.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from typing import Callable, Iterable
 
 from corral.v1 import task_pb2, wal_pb2
 
+from .admission import drop_on_promote
 from .backoff import retry_delay_ms
 from .fleet import ActorKey, ConnectedActor, Fleet
 from .model import TaskRecord
@@ -145,6 +149,10 @@ def timer_record(projection: Projection, kind: int, task_id: str, attempt: int, 
     state = task.state
     if kind == TIMER_PROMOTE:
         if (state == State.SCHEDULED or state == State.RETRY_WAIT) and task.ready_at_ms <= now_ms:
+            if task.concurrency_key:
+                dropped = drop_on_promote(projection, task)  # DROP_NEW and its key is full
+                if dropped is not None:
+                    return dropped
             return wal_pb2.WalRecord(task_state_changed=wal_pb2.TaskStateChanged(task_id=task_id, state=State.READY))
         return None
     if kind == TIMER_SCHEDULE_TO_START:
@@ -180,13 +188,15 @@ def lost_attempt_record(projection: Projection, task_id: str, attempt: int, toke
 
 # ---- selection -------------------------------------------------------------------------------
 
-def select_grants(projection: Projection, fleet: Fleet) -> list[tuple[TaskRecord, ConnectedActor]]:
-    """Ready tasks matched to actors with free slots: priority first, FIFO within a priority.
+def select_grants(projection: Projection, fleet: Fleet,
+                  type_budget: dict[str, int] | None = None) -> list[tuple[TaskRecord, ConnectedActor]]:
+    """Ready tasks matched to actors with free slots: priority (with aging) first, then FIFO.
 
     Ready queues are per (type, required capabilities); only queues with at least one eligible
     actor with a free slot are looked at, so tasks nobody can run cost nothing per step. Among
     eligible actors the most specialised one (fewest task types) with a free slot is preferred,
     then the one with the most free slots, so generalists stay free for what only they can run.
+    `type_budget` (rate limits): at most this many grants for each type it names.
     Pure: the ready queues are left as they were (heads taken are pushed back).
     """
     if projection.ready_count == 0:
@@ -212,6 +222,7 @@ def select_grants(projection: Projection, fleet: Fleet) -> list[tuple[TaskRecord
     grants: list[tuple[TaskRecord, ConnectedActor]] = []
     taken_heads: list[tuple[tuple, tuple[int, int, str]]] = []
     free = {a.key: a.free_slots for a in free_actors}  # what this selection leaves, per actor
+    budget = dict(type_budget) if type_budget else None  # what this selection leaves, per type
     heappop = heapq.heappop
     while frontier:
         _, _, task_id, key = heappop(frontier)
@@ -229,6 +240,12 @@ def select_grants(projection: Projection, fleet: Fleet) -> list[tuple[TaskRecord
                 best, best_free, best_types = a, f, n_types
         if best is None:
             continue  # every eligible actor is full: the rest of this queue waits
+        if budget is not None:
+            left = budget.get(key[0])
+            if left is not None:
+                if left <= 0:
+                    continue  # no token for this type: the rest of this queue waits
+                budget[key[0]] = left - 1
         queue = queues[key]
         taken_heads.append((key, heappop(queue)))
         free[best.key] = best_free - 1
@@ -242,9 +259,9 @@ def select_grants(projection: Projection, fleet: Fleet) -> list[tuple[TaskRecord
 def _push_head(frontier: list, queue: list, tasks: dict, key: tuple) -> None:
     """Drop stale heads of `queue` (lazy deletion) and put its live head on the frontier."""
     while queue:
-        neg_priority, order, task_id = queue[0]
+        sort_key, order, task_id = queue[0]
         task = tasks.get(task_id)
         if task is not None and task.state == State.READY and task.ready_order == order:
-            heapq.heappush(frontier, (neg_priority, order, task_id, key))
+            heapq.heappush(frontier, (sort_key, order, task_id, key))
             return
         heapq.heappop(queue)

@@ -46,7 +46,7 @@ class TaskRecord:
         "ready_at_ms", "eligible_since_ms", "ready_order", "attempts", "failed_attempts",
         "lost_attempts", "max_attempts", "max_lost_attempts", "execution_timeout_ms",
         "schedule_to_start_ms", "cancel_requested", "cancel_reason", "state_reason",
-        "error", "result", "started_once", "ordinal",
+        "error", "result", "started_once", "ordinal", "concurrency_key",
     )
 
     def __init__(self, task_id: str, spec: task_pb2.TaskSpec, state: int, created_ms: int,
@@ -82,6 +82,8 @@ class TaskRecord:
         self.started_once = False
         # Submission order (1, 2, ...): the order ListTasks pages through.
         self.ordinal = 0
+        # "" for most tasks: the projection's hot path tests this one attribute.
+        self.concurrency_key = spec.concurrency_key
 
     @property
     def backoff(self) -> BackoffPolicy:

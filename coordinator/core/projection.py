@@ -1,7 +1,8 @@
 """The projection: the coordinator's durable state in memory, built only by applying WAL records.
 
 Owns: tasks, the idempotency index, the ready queues, the durable timers (promotion, schedule-to-
-start, attempt deadlines), the fencing-token high-water mark and the identities actors introduced.
+start, attempt deadlines), the fencing-token high-water mark, the identities actors introduced,
+and whether dispatch is paused (AdminService Pause/Resume).
 
 Invariants:
 - `apply` is the only writer. The live dispatch loop applies exactly the records it commits, and
@@ -10,7 +11,11 @@ Invariants:
 - Every state change is checked against the transition table (states.check_transition).
 - Fencing tokens in LeaseGranted records strictly increase; a WAL that violates it is refused.
 - Ready queues and timers are indexes with lazy deletion: an entry is acted on only if the task
-  is still in the state (and order/attempt) the entry was made for.
+  is still in the state (and order/attempt) the entry was made for. `ready_count` counts the
+  READY tasks in the ready queues (keyed tasks waiting for their key are not there yet).
+- Concurrency-key occupancy (core/concurrency.py) is maintained here, on every state change, so
+  replay rebuilds it; it is part of the fingerprint.
+- Ready-queue order is priority with aging, then FIFO (`ready_entry`).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from typing import Iterable, Iterator
 
 from corral.v1 import task_pb2, wal_pb2
 
+from .concurrency import ConcurrencyIndex
 from .model import AttemptRecord, TaskRecord
 from .states import READY, State, check_transition, is_terminal
 
@@ -30,6 +36,8 @@ TIMER_ATTEMPT_DEADLINE = 3   # RUNNING past its attempt deadline (+ grace)
 
 QueueKey = tuple[str, frozenset[str]]
 TIMERS_COMPACT_MIN = 4096
+# Aging: a READY task's effective priority grows by 1 per this many ms waited (0: no aging).
+DEFAULT_PRIORITY_AGING_MS = 60_000
 
 
 class CorruptProjection(Exception):
@@ -37,8 +45,9 @@ class CorruptProjection(Exception):
 
 
 class Projection:
-    def __init__(self, deadline_grace_ms: int = 2_000) -> None:
+    def __init__(self, deadline_grace_ms: int = 2_000, priority_aging_ms: int = DEFAULT_PRIORITY_AGING_MS) -> None:
         self.deadline_grace_ms = deadline_grace_ms
+        self.priority_aging_ms = priority_aging_ms
         self.tasks: dict[str, TaskRecord] = {}
         self.idempotency: dict[str, str] = {}
         self.ready_queues: dict[QueueKey, list[tuple[int, int, str]]] = {}
@@ -53,6 +62,8 @@ class Projection:
         self.actors_seen: dict[str, task_pb2.ExecutorIdentity] = {}
         self.retired_incarnations: set[tuple[str, str]] = set()
         self.state_counts: dict[int, int] = {int(s): 0 for s in State}
+        # Concurrency keys: occupants and waiting READY tasks per key (core/concurrency.py).
+        self.concurrency = ConcurrencyIndex(self)
         self._appliers = {
             "task_submitted": self._apply_submitted,
             "lease_granted": self._apply_lease_granted,
@@ -60,7 +71,13 @@ class Projection:
             "task_state_changed": self._apply_state_changed,
             "cancel_requested": self._apply_cancel_requested,
             "actor_registered": self._apply_actor_registered,
+            "dispatch_paused": self._apply_dispatch_paused,
+            "dispatch_resumed": self._apply_dispatch_resumed,
         }
+        # AdminService Pause/Resume: while paused the loop grants no lease (durable, so it
+        # outlives a restart). Nothing else changes: timers fire, attempts end, tasks are accepted.
+        self.paused = False
+        self.pause_reason = ""
 
     # ---- applying records -------------------------------------------------------------------
 
@@ -95,20 +112,36 @@ class Projection:
         counts[state] += 1
         task.state = state
         task.updated_ms = now_ms
-        if state == READY:
-            self._enqueue_ready(task, now_ms)
+        if task.concurrency_key:
+            # Keyed tasks: READY ones wait in their key's heap until it has room.
+            self.concurrency.transition(task, previous, state, now_ms)
+        elif state == READY:
+            self.push_ready(task, self.ready_entry(task, now_ms))
+        elif previous == READY:
+            self.ready_count -= 1
 
-    def _enqueue_ready(self, task: TaskRecord, now_ms: int) -> None:
+    def ready_entry(self, task: TaskRecord, now_ms: int) -> tuple[int, int, str]:
+        """A task becomes READY: its ready-queue entry (sort key, ready_order, task_id).
+
+        Sort key, smallest first: with aging, `now - priority * aging_ms`. Effective priority is
+        priority + waited / aging (continuous), and comparing two tasks' effective priorities at
+        any time gives the same answer as comparing these keys, so the key never changes and no
+        queue is ever rescanned. Without aging: -priority. FIFO (ready_order) breaks ties."""
         self._ready_order += 1
         task.ready_order = self._ready_order
         if not task.started_once and task.eligible_since_ms == 0:
             task.eligible_since_ms = now_ms
             if task.schedule_to_start_ms:
                 self._add_timer(now_ms + task.schedule_to_start_ms, TIMER_SCHEDULE_TO_START, task.task_id, 0)
+        aging = self.priority_aging_ms
+        return (now_ms - task.priority * aging if aging else -task.priority, task.ready_order, task.task_id)
+
+    def push_ready(self, task: TaskRecord, entry: tuple[int, int, str]) -> None:
+        """Put a READY task where selection finds it (for keyed tasks: once admitted)."""
         queue = self.ready_queues.get(task.queue_key)
         if queue is None:
             queue = self.ready_queues[task.queue_key] = []
-        heapq.heappush(queue, (-task.priority, task.ready_order, task.task_id))
+        heapq.heappush(queue, entry)
         self.ready_count += 1
 
     def _add_timer(self, due_ms: int, kind: int, task_id: str, attempt: int) -> None:
@@ -145,6 +178,8 @@ class Projection:
         self.state_counts[State.SCHEDULED] += 1
         if spec.idempotency_key:
             self.idempotency[spec.idempotency_key] = ev.task_id
+        if task.concurrency_key:
+            self.concurrency.add_member(task)
         if ev.state == State.READY:
             self._set_state(task, State.READY, now_ms)
         elif ev.state == State.SCHEDULED:
@@ -161,8 +196,7 @@ class Projection:
         if ev.attempt != len(task.attempts) + 1:
             raise CorruptProjection(f"task {ev.task_id!r}: attempt {ev.attempt} out of order")
         self.highest_token = ev.fencing_token
-        self._set_state(task, State.RUNNING, now_ms)
-        self.ready_count -= 1
+        self._set_state(task, State.RUNNING, now_ms)  # leaves the ready queue (ready_count)
         task.started_once = True
         task.attempts.append(
             AttemptRecord(ev.attempt, ev.fencing_token, ev.actor_id, ev.actor_incarnation, now_ms, ev.deadline_unix_ms)
@@ -204,8 +238,6 @@ class Projection:
         if task.state == State.RUNNING or ev.state == State.RUNNING:
             raise CorruptProjection(
                 f"task {ev.task_id!r}: TaskStateChanged cannot start or end an attempt ({task.state} -> {ev.state})")
-        if task.state == State.READY:
-            self.ready_count -= 1
         self._set_state(task, ev.state, now_ms)
         task.state_reason = ev.reason
         if ev.HasField("error"):
@@ -227,6 +259,14 @@ class Projection:
             # A new process took the actor id: the old one is gone for good and may not come back.
             self.retired_incarnations.add((previous.actor_id, previous.incarnation))
         self.actors_seen[identity.actor_id] = identity
+
+    def _apply_dispatch_paused(self, ev: wal_pb2.DispatchPaused, now_ms: int) -> None:
+        self.paused = True
+        self.pause_reason = ev.reason
+
+    def _apply_dispatch_resumed(self, ev: wal_pb2.DispatchResumed, now_ms: int) -> None:
+        self.paused = False
+        self.pause_reason = ""
 
     # ---- queries used by the decisions ------------------------------------------------------
 
@@ -254,8 +294,13 @@ class Projection:
         # last_seq is the WAL's position, not state: live records get their seq at commit.
         h.update(repr((self.highest_token, sorted(self.idempotency.items()),
                        sorted(self.retired_incarnations))).encode())
+        # Concurrency keys: members, occupants and waiting order (an index, but one that gates
+        # dispatch, so live and replay must agree on it exactly).
+        h.update(repr(self.concurrency.summary()).encode())
         for task_id in sorted(self.tasks):
             h.update(repr(self.tasks[task_id].as_tuple()).encode())
         for actor_id in sorted(self.actors_seen):
             h.update(self.actors_seen[actor_id].SerializeToString(deterministic=True))
+        if self.paused:
+            h.update(repr(("paused", self.pause_reason)).encode())
         return h.hexdigest()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from corral.v1 import task_pb2
 
 from .backoff import BackoffKind, BackoffPolicy, InvalidBackoff, JitterKind
+from .concurrency import normalize_concurrency
 from .durations import set_ms, to_ms
 from .errors import InvalidField
 
@@ -101,6 +102,7 @@ def normalize_spec(spec: task_pb2.TaskSpec, field: str, limits: SpecLimits, now_
         if to_ms(nb) > now_ms + MAX_NOT_BEFORE_AHEAD_MS:
             raise InvalidField(f"{field}.not_before", "must be within a year from now")
 
+    normalize_concurrency(spec, field)
     if len(spec.idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
         raise InvalidField(f"{field}.idempotency_key", f"must be at most {MAX_IDEMPOTENCY_KEY_CHARS} characters")
     if len(spec.labels) > MAX_LABELS:

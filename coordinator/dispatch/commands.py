@@ -77,3 +77,34 @@ class ActorGone:
 class ClusterStatus:
     reply: asyncio.Future
     extra: dict = field(default_factory=dict)
+
+
+# ---- operations on the loop (dispatch/operations.py) --------------------------------------------
+
+@dataclass(slots=True)
+class PauseDispatch:
+    reason: str
+    reply: asyncio.Future
+
+
+@dataclass(slots=True)
+class ResumeDispatch:
+    reason: str
+    reply: asyncio.Future
+
+
+@dataclass(slots=True)
+class DrainDispatch:
+    reason: str
+    reply: asyncio.Future
+
+
+@dataclass(slots=True)
+class WatchEvents:
+    subscriber: Any  # event_hub.Subscriber
+    reply: asyncio.Future
+
+
+@dataclass(slots=True)
+class UnwatchEvents:
+    subscriber: Any

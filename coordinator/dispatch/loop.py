@@ -5,9 +5,10 @@ runs steps; a step is
 
     take every queued command  ->  check each against the state, emitting WAL records
     expire leases, fire timers  ->  more records
-    select ready tasks for actors with free slots  ->  LeaseGranted records
+    select ready tasks for actors with free slots  ->  LeaseGranted records (not if paused/draining)
     append all of the step's records in ONE LMDB transaction (one fsync: group commit)
-    then, and only then: resolve replies, send leases/acks/cancels, notify watchers.
+    then, and only then: resolve replies, send leases/acks/cancels, notify watchers and
+    WatchEvents subscribers (dispatch/operations.py, dispatch/event_hub.py).
 
 Invariants:
 - Nothing is acknowledged (reply, lease, ack) before the WAL batch holding its records is durable.
@@ -31,7 +32,9 @@ import grpc
 
 from corral.v1 import actor_service_pb2, admin_service_pb2, task_pb2, wal_pb2
 
+from ..core import admission as admission_mod
 from ..core import decisions
+from ..core.admission import Admission
 from ..core.durations import to_ms
 from ..core.errors import AlreadyExists, CorralError, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from ..core.fleet import ConnectedActor, Fleet
@@ -41,7 +44,9 @@ from ..core.states import State, is_terminal
 from ..core.views import task_view
 from ..storage.wal import HIGHEST_TOKEN_KEY, WriteAheadLog
 from . import commands as C
+from . import operations
 from .actor_link import ActorLink
+from .event_hub import DEFAULT_MAX_QUEUED_EVENTS, EventHub
 
 log = logging.getLogger("corral.dispatch")
 WalRecord = wal_pb2.WalRecord
@@ -92,10 +97,12 @@ class DispatchLoop:
         coordinator_id: str,
         heartbeat_interval_ms: int,
         max_queued_commands: int = 100_000,
+        max_queued_events: int = DEFAULT_MAX_QUEUED_EVENTS,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
         metrics: Any = None,
+        admission: Admission | None = None,
     ) -> None:
         self.wal = wal
         self.projection = projection
@@ -118,6 +125,12 @@ class DispatchLoop:
         self.lease_expiries = 0
         # telemetry.metrics.LoopMetrics, or None (metrics off): called once per step.
         self.metrics = metrics
+        # Operations (dispatch/operations.py): a drain (this process only; a pause is in the
+        # projection, durable), and the WatchEvents subscribers, published to after each commit.
+        self.drain = operations.DrainState()
+        self.events = EventHub(max_queued_events)
+        # Queued-task bound and per-type rate limits (core/admission.py); defaults: no rate limits.
+        self.admission = admission if admission is not None else Admission()
 
     # ---- the servicers' side -----------------------------------------------------------------
 
@@ -210,6 +223,7 @@ class DispatchLoop:
             for q in queues:
                 q.put_nowait(None)
         self._watchers.clear()
+        self.events.close_all(grpc.StatusCode.UNAVAILABLE, f"{reason}; watch again")
 
     @property
     def fatal_error(self) -> BaseException | None:
@@ -230,6 +244,10 @@ class DispatchLoop:
         expiry = self.fleet.next_expiry_ms()
         if expiry is not None:
             waits.append(expiry - self.lease_ms())
+        if self.admission.rate_limited:  # an empty bucket refills: READY tasks may be held back
+            token = self.admission.next_token_ms(self.lease_ms())
+            if token is not None:
+                waits.append(token - self.lease_ms())
         return max(0.0, min(waits) / 1000.0) if waits else None
 
     # ---- one step ----------------------------------------------------------------------------
@@ -246,7 +264,8 @@ class DispatchLoop:
                     reply.set_exception(exc)
         self._expire_leases(step)
         self._fire_timers(step)
-        self._grant(step)
+        if not (self.projection.paused or self.drain.draining):  # Pause, Drain: no new leases
+            self._grant(step)
         commit_s = 0.0
         if step.records:
             commit_started = time.perf_counter()
@@ -267,6 +286,10 @@ class DispatchLoop:
             link.send(message)
         if step.watched_views:
             self._notify_watchers(step.watched_views)
+        if self.events.subscribers and step.records:  # WatchEvents; nobody subscribed: this check only
+            self.events.publish(step.records, self.projection)
+        if self.drain.waiters:  # a shutdown waits for attempts in flight to end
+            self.drain.check(self)
         if self.metrics is not None:  # after the effects: they wait for nothing of this
             self.metrics.step_committed(step.now_ms, len(step.records), commit_s, step.grants, step.ended)
 
@@ -308,6 +331,8 @@ class DispatchLoop:
     # ---- commands from clients ---------------------------------------------------------------
 
     def _on_submit(self, cmd: C.SubmitTasks, step: Step) -> None:
+        if self.drain.draining:
+            raise Unavailable(self.drain.refusal())
         tasks = self.projection.tasks
         idempotency = self.projection.idempotency
         now = step.now_ms
@@ -342,6 +367,9 @@ class DispatchLoop:
                 if key:
                     batch_keys[key] = spec.task_id
             plan.append((spec, existing_id))
+        # The global bound on queued tasks (core/admission.py): refused before anything is written.
+        self.admission.check_queued(self.projection, len(plan),
+                                    lambda: sum(1 for _, existing in plan if existing is None))
         # Phase 2: write.
         results = []
         for spec, existing_id in plan:
@@ -358,6 +386,9 @@ class DispatchLoop:
             event.state = state
             event.ready_at_unix_ms = ready_at
             self._emit(record, spec.task_id, step)
+            if spec.concurrency_key:
+                self._apply_key_policy(tasks[spec.task_id], step)
+                state = tasks[spec.task_id].state  # DROP_NEW may have ended it at once
             results.append((spec.task_id, True, state))
         step.replies.append((cmd.reply, results))
 
@@ -445,6 +476,7 @@ class DispatchLoop:
             resp.actors.append(actor_status(actor))
         resp.wal.last_seq = self.wal.last_seq
         resp.wal.commits = self.wal.commits
+        operations.fill_status(self, resp)
         return resp
 
     # ---- commands from actors ----------------------------------------------------------------
@@ -591,8 +623,27 @@ class DispatchLoop:
             else:
                 self._emit(record, task_id, step)
 
+    def _apply_key_policy(self, task, step: Step) -> None:
+        """A keyed newcomer's policy (core/admission.py): CANCEL_IN_PROGRESS cancels the earlier
+        tasks with its key (pushing the cancel to running ones' actors); DROP_NEW ends it."""
+        for record in admission_mod.on_submitted(self.projection, task):
+            if record.HasField("cancel_requested"):
+                task_id = record.cancel_requested.task_id
+                self._emit(record, task_id, step)
+                a = self.projection.tasks[task_id].current_attempt
+                self._push_cancel(task_id, a.number, a.fencing_token, CANCEL_REQUESTED,
+                                  record.cancel_requested.reason, step)
+            else:
+                self._emit(record, record.task_state_changed.task_id, step)
+
     def _grant(self, step: Step) -> None:
-        grants = decisions.select_grants(self.projection, self.fleet)
+        admission = self.admission
+        if admission.rate_limited:
+            budget = admission.grant_budget(step.lease_ms)
+            grants = decisions.select_grants(self.projection, self.fleet, budget)
+            admission.granted((task.type for task, _ in grants), step.lease_ms)
+        else:
+            grants = decisions.select_grants(self.projection, self.fleet)
         if not grants:
             return
         step.grants = grants
@@ -645,6 +696,7 @@ class DispatchLoop:
         C.ActorHello: _on_actor_hello,
         C.ActorUpdate: _on_actor_update,
         C.ActorGone: _on_actor_gone,
+        **operations.HANDLERS,  # Pause, Resume, Drain, WatchEvents
     }
 
 

@@ -14,9 +14,11 @@ import grpc
 from corral.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
 from ..core.errors import CorralError, InvalidField, Unavailable
+from ..core.events import EventFilter
 from ..core.spec import SpecLimits, normalize_spec
 from ..core.states import State
 from ..dispatch import commands as C
+from ..dispatch.event_hub import StreamEnd, Subscriber
 from ..dispatch.loop import DispatchLoop
 from ..telemetry.tracing import SubmissionTracing
 from .status import abort
@@ -143,3 +145,26 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
                 await context.write(task_service_pb2.WatchTaskResponse(task=view))
         finally:
             self.loop.post(C.UnwatchTask(request.task_id, queue))
+
+    async def WatchEvents(self, request, context):
+        try:
+            subscriber = Subscriber(EventFilter.from_request(request), peer=context.peer())
+            last_seq = await self.loop.call(lambda f: C.WatchEvents(subscriber, f))
+        except CorralError as exc:
+            await abort(context, exc)
+            return
+        except asyncio.CancelledError:
+            self.loop.post(C.UnwatchEvents(subscriber))  # the loop may register it anyway
+            raise
+        try:
+            # Subscribed: every event with a seq above this one follows (clients may wait for it).
+            await context.send_initial_metadata((("corral-wal-seq", str(last_seq)),))
+            queue = subscriber.queue
+            while True:
+                item = await queue.get()
+                if type(item) is StreamEnd:  # dropped (fell behind) or shutting down
+                    await context.abort(item.code, item.details)
+                subscriber.take(item)
+                await context.write(item)
+        finally:
+            self.loop.post(C.UnwatchEvents(subscriber))

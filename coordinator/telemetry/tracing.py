@@ -25,7 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from corral_telemetry.logs import trace_id_of
-from corral_telemetry.tracing import carrier_of, context_from_carrier, fill_trace_context, trace_headers
+from corral_telemetry.tracing import carrier_of, context_from_headers, fill_trace_context, trace_headers
 
 from ..core.errors import CorralError
 
@@ -47,7 +47,7 @@ class SubmissionTracing:
                 fill_trace_context(specs, headers)
             return await call()
         span = tracer.start_span(
-            f"{SERVICE}/{method}", context=context_from_carrier(headers), kind=SpanKind.SERVER,
+            f"{SERVICE}/{method}", context=context_from_headers(headers), kind=SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method,
                         "corral.task.count": len(specs)})
         try:

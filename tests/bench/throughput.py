@@ -9,8 +9,9 @@ then either
     submit to handler start.
 Handler start times come from the `stamp` handler (tests/bench/app.py) via the task outputs.
 With --telemetry every process runs with metrics on (--metrics-listen, scraped once at the end)
-and tracing on (a span per submission call and per attempt, exported as JSON lines to
-/dev/null: the spans are made, batched and serialized, then discarded), to compare with a run
+and tracing on (a span per submission call and per attempt, the trace context in every task and
+lease; --trace-file /dev/null: the spans are made, sampled and batched, then dropped without
+being serialized, so what is measured is tracing itself, not an exporter), to compare with a run
 without (the figure to keep within 10% of).
 Not a test: figures depend on the machine; report them with the machine noted.
 """

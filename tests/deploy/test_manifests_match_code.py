@@ -209,8 +209,12 @@ def test_data_dir_is_the_pvc_and_the_root_filesystem_is_read_only(rendered: Rend
 
 
 def test_coordinator_outlives_its_shutdown_grace(rendered: Rendered):
+    from coordinator import config
+
     sts = coordinator(rendered)
-    grace = float(env_of(rendered, sts)["CORRAL_SHUTDOWN_GRACE_S"])
+    env = env_of(rendered, sts)
+    drain = float(env.get("CORRAL_DRAIN_GRACE_S", config.CoordinatorConfig.drain_grace_s))
+    grace = drain + float(env["CORRAL_SHUTDOWN_GRACE_S"])  # SIGTERM: drain, then in-flight RPCs
     command = container(sts)["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep" and len(command) == 2
     pre_stop = float(command[1])

@@ -385,6 +385,10 @@ def _mutations():
         m("labels.extra", lambda s: s.labels.__setitem__("new", "")),
         m("required_capabilities", lambda s: s.required_capabilities.append("fpga")),
         m("required_capabilities.order", lambda s: s.required_capabilities.reverse()),
+        m("concurrency_key", lambda s: setattr(s, "concurrency_key", "k-2")),
+        m("concurrency_limit", lambda s: setattr(s, "concurrency_limit", 7)),
+        m("concurrency_policy", lambda s: setattr(s, "concurrency_policy", task_pb2.CONCURRENCY_POLICY_DROP_NEW)),
+        m("hold_key_during_retry", lambda s: setattr(s, "hold_key_during_retry", True)),
     ]
 
 

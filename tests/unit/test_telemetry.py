@@ -480,3 +480,46 @@ def test_otlp_without_the_extra_installed_is_refused_by_name():
             tracing.configure_tracing("t", otlp_endpoint="http://127.0.0.1:4317")
     else:
         pytest.skip("the OTLP exporter is installed here")
+
+
+def test_otlp_export_reaches_a_collector():
+    """Runs where the `otlp` extra is installed: an in-process OTLP/gRPC collector receives both an
+    SDK span and a SpanRecorder span."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.grpc.trace_exporter")
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received = []
+
+    class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            received.extend(s.name for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        setup = tracing.configure_tracing("otlp-test", otlp_endpoint=f"http://127.0.0.1:{port}")
+        with setup.tracer.start_as_current_span("sdk-span"):
+            pass
+        recorder = setup.recorder("corral.attempt", trace.SpanKind.CONSUMER)
+        span = recorder.start(tracing.span_context_from_carrier({"traceparent": TRACEPARENT}))
+        recorder.end(span, {"corral.task.id": "t"})
+        setup.provider.shutdown()  # flushes
+    finally:
+        server.stop(0)
+    assert sorted(received) == ["corral.attempt", "sdk-span"]
+
+
+@pytest.mark.parametrize("headers", [
+    {"traceparent": TRACEPARENT}, {"traceparent": TRACEPARENT, "tracestate": "vendor=abc"},
+])
+def test_context_from_headers_uses_the_propagator_and_keeps_tracestate(headers):
+    ctx = trace.get_current_span(tracing.context_from_headers(headers)).get_span_context()
+    assert format(ctx.trace_id, "032x") == TRACE_ID and ctx.is_remote
+    assert ctx.trace_state.to_header() == headers.get("tracestate", "")
+    assert tracing.context_from_headers({"traceparent": "junk"}) is None and tracing.context_from_headers({}) is None

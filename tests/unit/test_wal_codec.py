@@ -68,6 +68,8 @@ EVENT_SAMPLES: dict[str, wal_pb2.WalRecord] = {
             )
         )
     ),
+    "dispatch_paused": wal_pb2.WalRecord(dispatch_paused=wal_pb2.DispatchPaused(reason="maintenance")),
+    "dispatch_resumed": wal_pb2.WalRecord(dispatch_resumed=wal_pb2.DispatchResumed(reason="done")),
 }
 
 

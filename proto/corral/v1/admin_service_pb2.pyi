@@ -47,18 +47,28 @@ class WalPosition(_message.Message):
     def __init__(self, last_seq: _Optional[int] = ..., commits: _Optional[int] = ...) -> None: ...
 
 class GetClusterStatusResponse(_message.Message):
-    __slots__ = ("coordinator_id", "tasks_by_state", "actors", "wal", "highest_fencing_token")
+    __slots__ = ("coordinator_id", "tasks_by_state", "actors", "wal", "highest_fencing_token", "paused", "pause_reason", "draining", "drain_reason", "event_subscribers")
     COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
     TASKS_BY_STATE_FIELD_NUMBER: _ClassVar[int]
     ACTORS_FIELD_NUMBER: _ClassVar[int]
     WAL_FIELD_NUMBER: _ClassVar[int]
     HIGHEST_FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_REASON_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_REASON_FIELD_NUMBER: _ClassVar[int]
+    EVENT_SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
     coordinator_id: str
     tasks_by_state: _containers.RepeatedCompositeFieldContainer[StateCount]
     actors: _containers.RepeatedCompositeFieldContainer[ActorStatus]
     wal: WalPosition
     highest_fencing_token: int
-    def __init__(self, coordinator_id: _Optional[str] = ..., tasks_by_state: _Optional[_Iterable[_Union[StateCount, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorStatus, _Mapping]]] = ..., wal: _Optional[_Union[WalPosition, _Mapping]] = ..., highest_fencing_token: _Optional[int] = ...) -> None: ...
+    paused: bool
+    pause_reason: str
+    draining: bool
+    drain_reason: str
+    event_subscribers: int
+    def __init__(self, coordinator_id: _Optional[str] = ..., tasks_by_state: _Optional[_Iterable[_Union[StateCount, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorStatus, _Mapping]]] = ..., wal: _Optional[_Union[WalPosition, _Mapping]] = ..., highest_fencing_token: _Optional[int] = ..., paused: _Optional[bool] = ..., pause_reason: _Optional[str] = ..., draining: _Optional[bool] = ..., drain_reason: _Optional[str] = ..., event_subscribers: _Optional[int] = ...) -> None: ...
 
 class ListActorsRequest(_message.Message):
     __slots__ = ()
@@ -69,3 +79,45 @@ class ListActorsResponse(_message.Message):
     ACTORS_FIELD_NUMBER: _ClassVar[int]
     actors: _containers.RepeatedCompositeFieldContainer[ActorStatus]
     def __init__(self, actors: _Optional[_Iterable[_Union[ActorStatus, _Mapping]]] = ...) -> None: ...
+
+class PauseRequest(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class PauseResponse(_message.Message):
+    __slots__ = ("changed", "running_attempts")
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    running_attempts: int
+    def __init__(self, changed: _Optional[bool] = ..., running_attempts: _Optional[int] = ...) -> None: ...
+
+class ResumeRequest(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class ResumeResponse(_message.Message):
+    __slots__ = ("changed", "draining")
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    draining: bool
+    def __init__(self, changed: _Optional[bool] = ..., draining: _Optional[bool] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class DrainResponse(_message.Message):
+    __slots__ = ("changed", "running_attempts")
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    running_attempts: int
+    def __init__(self, changed: _Optional[bool] = ..., running_attempts: _Optional[int] = ...) -> None: ...

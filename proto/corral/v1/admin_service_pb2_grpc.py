@@ -44,6 +44,21 @@ class AdminServiceStub:
                 request_serializer=corral_dot_v1_dot_admin__service__pb2.ListActorsRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_admin__service__pb2.ListActorsResponse.FromString,
                 _registered_method=True)
+        self.Pause = channel.unary_unary(
+                '/corral.v1.AdminService/Pause',
+                request_serializer=corral_dot_v1_dot_admin__service__pb2.PauseRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_admin__service__pb2.PauseResponse.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/corral.v1.AdminService/Resume',
+                request_serializer=corral_dot_v1_dot_admin__service__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_admin__service__pb2.ResumeResponse.FromString,
+                _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/corral.v1.AdminService/Drain',
+                request_serializer=corral_dot_v1_dot_admin__service__pb2.DrainRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_admin__service__pb2.DrainResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -61,6 +76,31 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pause(self, request, context):
+        """Stop granting leases. Attempts in flight continue; heartbeats, results, submissions and
+        cancels are still processed; timers still fire. Durable (a WAL record): a paused cluster stays
+        paused across a coordinator restart, until Resume.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Grant leases again: ends a pause, and a drain started with Drain (not a shutdown's drain).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Drain(self, request, context):
+        """Stop accepting submissions (SubmitTask/SubmitTasks get UNAVAILABLE) and stop granting leases;
+        attempts in flight finish. A property of this coordinator process, not durable: a restarted
+        coordinator accepts work again. SIGTERM starts the same drain before the process exits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +113,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListActors,
                     request_deserializer=corral_dot_v1_dot_admin__service__pb2.ListActorsRequest.FromString,
                     response_serializer=corral_dot_v1_dot_admin__service__pb2.ListActorsResponse.SerializeToString,
+            ),
+            'Pause': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pause,
+                    request_deserializer=corral_dot_v1_dot_admin__service__pb2.PauseRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_admin__service__pb2.PauseResponse.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=corral_dot_v1_dot_admin__service__pb2.ResumeRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_admin__service__pb2.ResumeResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=corral_dot_v1_dot_admin__service__pb2.DrainRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_admin__service__pb2.DrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +184,87 @@ class AdminService:
             '/corral.v1.AdminService/ListActors',
             corral_dot_v1_dot_admin__service__pb2.ListActorsRequest.SerializeToString,
             corral_dot_v1_dot_admin__service__pb2.ListActorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pause(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/Pause',
+            corral_dot_v1_dot_admin__service__pb2.PauseRequest.SerializeToString,
+            corral_dot_v1_dot_admin__service__pb2.PauseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/Resume',
+            corral_dot_v1_dot_admin__service__pb2.ResumeRequest.SerializeToString,
+            corral_dot_v1_dot_admin__service__pb2.ResumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AdminService/Drain',
+            corral_dot_v1_dot_admin__service__pb2.DrainRequest.SerializeToString,
+            corral_dot_v1_dot_admin__service__pb2.DrainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,13 @@ class Jitter(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JITTER_NONE: _ClassVar[Jitter]
     JITTER_FULL: _ClassVar[Jitter]
     JITTER_EQUAL: _ClassVar[Jitter]
+
+class ConcurrencyPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONCURRENCY_POLICY_UNSPECIFIED: _ClassVar[ConcurrencyPolicy]
+    CONCURRENCY_POLICY_QUEUE: _ClassVar[ConcurrencyPolicy]
+    CONCURRENCY_POLICY_CANCEL_IN_PROGRESS: _ClassVar[ConcurrencyPolicy]
+    CONCURRENCY_POLICY_DROP_NEW: _ClassVar[ConcurrencyPolicy]
 TASK_STATE_UNSPECIFIED: TaskState
 TASK_STATE_SCHEDULED: TaskState
 TASK_STATE_READY: TaskState
@@ -67,6 +74,10 @@ JITTER_UNSPECIFIED: Jitter
 JITTER_NONE: Jitter
 JITTER_FULL: Jitter
 JITTER_EQUAL: Jitter
+CONCURRENCY_POLICY_UNSPECIFIED: ConcurrencyPolicy
+CONCURRENCY_POLICY_QUEUE: ConcurrencyPolicy
+CONCURRENCY_POLICY_CANCEL_IN_PROGRESS: ConcurrencyPolicy
+CONCURRENCY_POLICY_DROP_NEW: ConcurrencyPolicy
 
 class Backoff(_message.Message):
     __slots__ = ("kind", "initial", "multiplier", "max", "jitter")
@@ -93,7 +104,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_attempts: _Optional[int] = ..., max_lost_attempts: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "type", "input", "input_bytes", "priority", "retry", "execution_timeout", "schedule_to_start_timeout", "not_before", "idempotency_key", "labels", "required_capabilities", "trace_context")
+    __slots__ = ("task_id", "type", "input", "input_bytes", "priority", "retry", "execution_timeout", "schedule_to_start_timeout", "not_before", "idempotency_key", "labels", "required_capabilities", "trace_context", "concurrency_key", "concurrency_limit", "concurrency_policy", "hold_key_during_retry")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +132,10 @@ class TaskSpec(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     REQUIRED_CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_POLICY_FIELD_NUMBER: _ClassVar[int]
+    HOLD_KEY_DURING_RETRY_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     type: str
     input: _struct_pb2.Value
@@ -134,7 +149,11 @@ class TaskSpec(_message.Message):
     labels: _containers.ScalarMap[str, str]
     required_capabilities: _containers.RepeatedScalarFieldContainer[str]
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, task_id: _Optional[str] = ..., type: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., input_bytes: _Optional[bytes] = ..., priority: _Optional[int] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., schedule_to_start_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., required_capabilities: _Optional[_Iterable[str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    concurrency_key: str
+    concurrency_limit: int
+    concurrency_policy: ConcurrencyPolicy
+    hold_key_during_retry: bool
+    def __init__(self, task_id: _Optional[str] = ..., type: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., input_bytes: _Optional[bytes] = ..., priority: _Optional[int] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., schedule_to_start_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., required_capabilities: _Optional[_Iterable[str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ..., concurrency_policy: _Optional[_Union[ConcurrencyPolicy, str]] = ..., hold_key_during_retry: _Optional[bool] = ...) -> None: ...
 
 class TaskError(_message.Message):
     __slots__ = ("message", "kind", "non_retryable")

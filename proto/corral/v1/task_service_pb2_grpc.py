@@ -64,6 +64,11 @@ class TaskServiceStub:
                 request_serializer=corral_dot_v1_dot_task__service__pb2.WatchTaskRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_task__service__pb2.WatchTaskResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/corral.v1.TaskService/WatchEvents',
+                request_serializer=corral_dot_v1_dot_task__service__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_task__service__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -108,6 +113,17 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Every committed task event matching the filter, from the subscription on, in WAL order; one
+        response per commit (a commit of more than 1,000 events: several). Never-ending. The initial metadata (`corral-wal-seq`: the last committed
+        sequence number) is sent once the subscription is in place: every later event follows. A
+        subscriber that falls more than the coordinator's --max-queued-events behind is dropped: its
+        stream ends with RESOURCE_EXHAUSTED. Shutdown ends it with UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +156,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.WatchTask,
                     request_deserializer=corral_dot_v1_dot_task__service__pb2.WatchTaskRequest.FromString,
                     response_serializer=corral_dot_v1_dot_task__service__pb2.WatchTaskResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=corral_dot_v1_dot_task__service__pb2.WatchEventsRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_task__service__pb2.WatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -304,6 +325,33 @@ class TaskService:
             '/corral.v1.TaskService/WatchTask',
             corral_dot_v1_dot_task__service__pb2.WatchTaskRequest.SerializeToString,
             corral_dot_v1_dot_task__service__pb2.WatchTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.TaskService/WatchEvents',
+            corral_dot_v1_dot_task__service__pb2.WatchEventsRequest.SerializeToString,
+            corral_dot_v1_dot_task__service__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WalRecord(_message.Message):
-    __slots__ = ("seq", "at_unix_ms", "task_submitted", "lease_granted", "attempt_ended", "task_state_changed", "cancel_requested", "actor_registered")
+    __slots__ = ("seq", "at_unix_ms", "task_submitted", "lease_granted", "attempt_ended", "task_state_changed", "cancel_requested", "actor_registered", "dispatch_paused", "dispatch_resumed")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TASK_SUBMITTED_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,8 @@ class WalRecord(_message.Message):
     TASK_STATE_CHANGED_FIELD_NUMBER: _ClassVar[int]
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     ACTOR_REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    DISPATCH_PAUSED_FIELD_NUMBER: _ClassVar[int]
+    DISPATCH_RESUMED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     at_unix_ms: int
     task_submitted: TaskSubmitted
@@ -25,7 +27,9 @@ class WalRecord(_message.Message):
     task_state_changed: TaskStateChanged
     cancel_requested: CancelRequested
     actor_registered: ActorRegistered
-    def __init__(self, seq: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., task_submitted: _Optional[_Union[TaskSubmitted, _Mapping]] = ..., lease_granted: _Optional[_Union[LeaseGranted, _Mapping]] = ..., attempt_ended: _Optional[_Union[AttemptEnded, _Mapping]] = ..., task_state_changed: _Optional[_Union[TaskStateChanged, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., actor_registered: _Optional[_Union[ActorRegistered, _Mapping]] = ...) -> None: ...
+    dispatch_paused: DispatchPaused
+    dispatch_resumed: DispatchResumed
+    def __init__(self, seq: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., task_submitted: _Optional[_Union[TaskSubmitted, _Mapping]] = ..., lease_granted: _Optional[_Union[LeaseGranted, _Mapping]] = ..., attempt_ended: _Optional[_Union[AttemptEnded, _Mapping]] = ..., task_state_changed: _Optional[_Union[TaskStateChanged, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., actor_registered: _Optional[_Union[ActorRegistered, _Mapping]] = ..., dispatch_paused: _Optional[_Union[DispatchPaused, _Mapping]] = ..., dispatch_resumed: _Optional[_Union[DispatchResumed, _Mapping]] = ...) -> None: ...
 
 class TaskSubmitted(_message.Message):
     __slots__ = ("task_id", "spec", "state", "ready_at_unix_ms")
@@ -104,3 +108,15 @@ class ActorRegistered(_message.Message):
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     identity: _task_pb2.ExecutorIdentity
     def __init__(self, identity: _Optional[_Union[_task_pb2.ExecutorIdentity, _Mapping]] = ...) -> None: ...
+
+class DispatchPaused(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class DispatchResumed(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
