@@ -38,7 +38,7 @@ from actor.cancellation import CancellationToken
 from actor.errors import AttemptCanceled, NonRetryableError
 from actor.handler_pool import HandlerThreadPool
 from actor.payload import (MAX_OUTPUT_BYTES, OUTPUT_TOO_LARGE, OutputNotSerializable, decode_input,
-                           encode_output)
+                           decode_prerequisites, encode_output)
 from corral.v1 import actor_service_pb2, task_pb2
 from corral_telemetry.logs import task_fields, trace_id_of
 
@@ -244,6 +244,7 @@ class AttemptRunner:
             return
         try:
             value = decode_input(lease)
+            prerequisites = decode_prerequisites(lease) if lease.prerequisites else {}
         except Exception as exc:  # noqa: BLE001 - a malformed payload fails the attempt
             self._finish_ending(Ending.RAISED, exc=exc)
             return
@@ -256,6 +257,7 @@ class AttemptRunner:
             deadline_unix_ms=lease.deadline_unix_ms or self._unix_deadline_ms(),
             labels=dict(lease.labels),
             cancel_token=self.token,
+            prerequisites=prerequisites,
         )
         if self.deadline != math.inf:
             delay_s = self.deadline - time.monotonic()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from actor.cancellation import CancellationToken
 
@@ -34,6 +35,9 @@ class AttemptContext:
     deadline_unix_ms: int
     labels: dict[str, str] = field(default_factory=dict)
     cancel_token: CancellationToken = field(default_factory=CancellationToken)
+    # Task graphs: the outputs of the task's prerequisites (TaskSpec.depends_on), by task id,
+    # decoded like the input (JSON-like Python, bytes, or None when a handler returned nothing).
+    prerequisites: dict[str, Any] = field(default_factory=dict)
     # Reserved: child-task submission (a later issue) will add a handle here, e.g.
     # ``children: ChildSubmitter``, fenced by this attempt's (task_id, attempt, fencing_token).
 

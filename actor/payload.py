@@ -49,6 +49,20 @@ def decode_input(lease: actor_service_pb2.Lease) -> Any:
     return None
 
 
+def decode_prerequisites(lease: actor_service_pb2.Lease) -> dict[str, Any]:
+    """The outputs of the lease's prerequisites (task graphs), by task id, decoded like the input."""
+    out: dict[str, Any] = {}
+    for item in lease.prerequisites:
+        which = item.WhichOneof("result")
+        if which == "output":
+            out[item.task_id] = value_to_python(item.output)
+        elif which == "output_bytes":
+            out[item.task_id] = bytes(item.output_bytes)
+        else:
+            out[item.task_id] = None
+    return out
+
+
 def value_to_python(value: struct_pb2.Value) -> Any:
     """``google.protobuf.Value`` -> JSON-like Python."""
     return json_format.MessageToDict(value)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from actor.app import App
 from actor.errors import ActorRejected
+from actor.security import ClientSecurity
 from actor.session import ActorSession, default_actor_id
 
 log = logging.getLogger("actor.runner")
@@ -71,6 +72,17 @@ SETTINGS: tuple[ActorSetting, ...] = (
     ActorSetting("log_level", "--log-level", ENV_LOG_LEVEL, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     ActorSetting("metrics_listen", "--metrics-listen", "CORRAL_METRICS_LISTEN", "off",
                  "serve Prometheus metrics on HOST:PORT, path /metrics (actor/telemetry.py)"),
+    # Security (actor/security.py; README "Security").
+    ActorSetting("token", "--token", "CORRAL_TOKEN", "none",
+                 "bearer token with the actor role, sent as `authorization: Bearer TOKEN`"),
+    ActorSetting("ca_file", "--ca-file", "CORRAL_CA_FILE", "system roots",
+                 "PEM CA bundle that verifies the coordinator's certificate"),
+    ActorSetting("cert_file", "--cert-file", "CORRAL_CERT_FILE", "none",
+                 "PEM client certificate for mutual TLS (its CN or a SAN must equal the actor id)"),
+    ActorSetting("key_file", "--key-file", "CORRAL_KEY_FILE", "none", "PEM private key of --cert-file"),
+    ActorSetting("plaintext", "--plaintext", "CORRAL_PLAINTEXT", "false",
+                 "talk to the coordinator without TLS (default: plaintext only to a loopback address "
+                 "without TLS files; TLS otherwise)"),
 )
 SETTINGS_BY_DEST = {s.dest: s for s in SETTINGS}
 
@@ -107,6 +119,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help=helptext("label"))
     parser.add_argument("--log-level", metavar="LEVEL", help=helptext("log_level"))
     parser.add_argument("--metrics-listen", metavar="HOST:PORT", help=helptext("metrics_listen"))
+    parser.add_argument("--token", metavar="TOKEN", help=helptext("token"))
+    parser.add_argument("--ca-file", metavar="PEM", help=helptext("ca_file"))
+    parser.add_argument("--cert-file", metavar="PEM", help=helptext("cert_file"))
+    parser.add_argument("--key-file", metavar="PEM", help=helptext("key_file"))
+    parser.add_argument("--plaintext", action="store_const", const="true", default=None, help=helptext("plaintext"))
     return parser
 
 
@@ -138,6 +155,7 @@ class ActorConfig:
     grace_s: float
     labels: dict[str, str]
     log_level: str
+    security: ClientSecurity = ClientSecurity()
 
 
 def _from_env(value: object, env: str, environ: Mapping[str, str]) -> str | None:
@@ -192,9 +210,23 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
             labels = dict(_labels_from_env(environ.get(ENV_LABELS, "")))
         except argparse.ArgumentTypeError as exc:
             raise bad("label", str(exc)) from None
+    plaintext_text = (raw("plaintext") or "false").strip().lower()
+    if plaintext_text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise bad("plaintext", f"not a boolean: {plaintext_text!r}")
+    security = ClientSecurity(ca_file=raw("ca_file") or "", cert_file=raw("cert_file") or "",
+                              key_file=raw("key_file") or "", token=raw("token") or "",
+                              plaintext=plaintext_text in ("1", "true", "yes", "on"))
+    problem = security.problem()
+    if problem:
+        raise bad("cert_file" if "go together" in problem else "plaintext", problem)
     return ActorConfig(coordinator=str(values["coordinator"]), app=str(values["app"]), slots=slots,
                        actor_id=values["actor_id"] or default_actor_id(), grace_s=grace_s, labels=labels,
-                       log_level=log_level)
+                       log_level=log_level, security=security)
+
+
+def _aio_credentials(config: ActorConfig):
+    """TLS credentials for the coordinator (None: plaintext); OSError if a file is unreadable."""
+    return config.security.channel_credentials(config.coordinator)
 
 
 def _configure_logging(level: str) -> None:
@@ -221,8 +253,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         session = ActorSession(config.coordinator, app, slots=config.slots, actor_id=actor_id,
-                               labels=config.labels, grace_s=config.grace_s)
-    except ValueError as exc:
+                               labels=config.labels, grace_s=config.grace_s,
+                               credentials=_aio_credentials(config), call_metadata=config.security.metadata())
+    except (ValueError, OSError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
     try:  # metrics, traces, JSON logs: whatever is configured (actor/telemetry.py)

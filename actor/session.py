@@ -113,6 +113,7 @@ class ActorSession:
         version: str | None = None,
         grace_s: float = 5.0,
         credentials: grpc.ChannelCredentials | None = None,
+        call_metadata: Sequence[tuple[str, str]] = (),
         host: str | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         welcome_timeout_s: float = 10.0,
@@ -136,6 +137,8 @@ class ActorSession:
         self.version = version or _package_version()
         self.grace_s = grace_s
         self.credentials = credentials
+        # Sent with the stream, e.g. (("authorization", "Bearer TOKEN"),) (actor/security.py).
+        self.call_metadata = tuple(call_metadata)
         self.host = host or socket.gethostname()
         self.channel_options = list(channel_options)
         self.welcome_timeout_s = welcome_timeout_s
@@ -336,7 +339,7 @@ class ActorSession:
 
     def _open_stream(self, channel: grpc.aio.Channel) -> Any:
         """Open ``ActorService.Connect``; returns a call with ``write``/``read``/``cancel``."""
-        return actor_service_pb2_grpc.ActorServiceStub(channel).Connect()
+        return actor_service_pb2_grpc.ActorServiceStub(channel).Connect(metadata=self.call_metadata or None)
 
     async def _connection_loop(self) -> None:
         while not self._closing:

@@ -26,6 +26,7 @@ import atexit
 import logging
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,14 @@ OUTCOME_LABELS = {v.number: v.name.removeprefix("ATTEMPT_OUTCOME_").lower()
                   for v in task_pb2.AttemptOutcome.DESCRIPTOR.values}
 
 
+class _TypeStats:
+    __slots__ = ("outcomes", "duration")
+
+    def __init__(self) -> None:
+        self.outcomes = [0] * (max(OUTCOME_LABELS) + 1)  # by AttemptOutcome number
+        self.duration = BucketCounts(DURATION_BUCKETS_S)
+
+
 class ActorTelemetry:
     """Per-attempt hooks for an ``ActorSession``; any of tracing, metrics and task log fields."""
 
@@ -67,9 +76,8 @@ class ActorTelemetry:
         self.task_logs = task_logs
         self._spans: dict[Any, RecordedSpan] = {}
         self._started: dict[Any, float] = {}
-        # (task_type, outcome) -> attempts finished; task_type -> handler duration.
-        self.finished: dict[tuple[str, int], int] = {}
-        self.durations: dict[str, BucketCounts] = {}
+        # task type -> attempts finished by outcome, handler durations.
+        self.by_type: dict[str, _TypeStats] = {}
         self.metrics_server: Any = None
         self.metrics_port = 0
 
@@ -77,13 +85,12 @@ class ActorTelemetry:
 
     def start_attempt(self, runner: "AttemptRunner") -> None:
         """Start ``runner`` inside its attempt span (and task log context)."""
-        lease = runner.lease
-        carrier = lease.trace_context
         token = None
         task_token = None
         spans = self.spans
         span = None
         if spans is not None:
+            carrier = runner.lease.trace_context
             span = spans.start(span_context_from_carrier(carrier) if carrier else None)
             self._spans[runner.key] = span
             # Current while the handler runs: its spans nest here, and child tasks (a later issue)
@@ -93,8 +100,8 @@ class ActorTelemetry:
             if span is not None:
                 trace_id = format(span.context.trace_id, "032x")
             else:
-                trace_id = trace_id_of(carrier) if carrier else ""
-            task_token = TASK_CONTEXT.set((lease.ref.task_id, lease.ref.attempt, trace_id))
+                trace_id = trace_id_of(runner.lease.trace_context)
+            task_token = TASK_CONTEXT.set((runner.key[0], runner.key[1], trace_id))
         if self.metrics:
             self._started[runner.key] = time.monotonic()
         try:
@@ -108,32 +115,33 @@ class ActorTelemetry:
     def attempt_done(self, runner: "AttemptRunner", result: Any, dropped: bool) -> None:
         """The attempt ended with ``result``; ``dropped``: its result will not be reported (lease
         lost, or the actor is stopping)."""
-        key = runner.key
+        key = runner.key  # (task id, attempt, fencing token)
         outcome = result.outcome
+        task_type = runner.lease.task_type
         if self.metrics:
             started = self._started.pop(key, None)
-            task_type = runner.lease.task_type
-            counts = self.finished
-            k = (task_type, outcome)
-            counts[k] = counts.get(k, 0) + 1
+            stats = self.by_type.get(task_type)
+            if stats is None:
+                stats = self.by_type[task_type] = _TypeStats()
+            if 0 <= outcome < len(stats.outcomes):
+                stats.outcomes[outcome] += 1
             if started is not None:
-                h = self.durations.get(task_type)
-                if h is None:
-                    h = self.durations[task_type] = BucketCounts(DURATION_BUCKETS_S)
-                h.observe(time.monotonic() - started)
-        span = self._spans.pop(key, None) if self.spans is not None else None
-        if span is not None and span.recording:
-            ref = runner.lease.ref
-            attributes = {"corral.task.id": ref.task_id, "corral.task.type": runner.lease.task_type,
-                          "corral.attempt": ref.attempt, "corral.fencing_token": ref.fencing_token,
-                          "corral.outcome": OUTCOME_LABELS.get(outcome, str(outcome))}
-            if dropped:
-                attributes["corral.result_dropped"] = True
-            status = None
-            if outcome in ERROR_OUTCOMES:
-                error = result.error
-                status = Status(StatusCode.ERROR, f"{error.kind}: {error.message}"[:1024])
-            self.spans.end(span, attributes, status)
+                h = stats.duration
+                seconds = time.monotonic() - started
+                h.counts[bisect_left(h.bounds, seconds)] += 1  # BucketCounts.observe, inlined
+                h.sum += seconds
+        if self.spans is not None:
+            span = self._spans.pop(key, None)
+            if span is not None and span.recording:
+                attributes = {"corral.task.id": key[0], "corral.task.type": task_type, "corral.attempt": key[1],
+                              "corral.fencing_token": key[2], "corral.outcome": OUTCOME_LABELS.get(outcome, str(outcome))}
+                if dropped:
+                    attributes["corral.result_dropped"] = True
+                status = None
+                if outcome in ERROR_OUTCOMES:
+                    error = result.error
+                    status = Status(StatusCode.ERROR, f"{error.kind}: {error.message}"[:1024])
+                self.spans.end(span, attributes, status)
 
     def close(self) -> None:
         """End spans of attempts that never finished (the actor stopped), flush the exporters,
@@ -161,11 +169,14 @@ class ActorTelemetry:
         s = self.session
         yield CounterMetricFamily("corral_actor_attempts_started", "Attempts started (leases run).",
                                   value=s.attempts_started)
+        by_type = sorted(list(self.by_type.items()))
         finished = CounterMetricFamily("corral_actor_attempts_finished",
                                        "Attempts finished, by task type and outcome (as the actor saw it).",
                                        labels=["task_type", "outcome"])
-        for (task_type, outcome), n in sorted(list(self.finished.items())):
-            finished.add_metric([task_type, OUTCOME_LABELS.get(outcome, str(outcome))], n)
+        for task_type, stats in by_type:
+            for outcome, n in enumerate(list(stats.outcomes)):
+                if n:
+                    finished.add_metric([task_type, OUTCOME_LABELS.get(outcome, str(outcome))], n)
         yield finished
         yield GaugeMetricFamily("corral_actor_running_attempts", "Attempts running now.", value=s.running_count)
         yield GaugeMetricFamily("corral_actor_slots", "Attempts this actor runs at once.", value=s.slots)
@@ -181,7 +192,7 @@ class ActorTelemetry:
                                   value=s.results_dropped)
         yield histogram_family("corral_actor_handler_duration_seconds",
                                "From the handler's start to its result, by task type.", ["task_type"],
-                               [([t], h) for t, h in sorted(list(self.durations.items()))])
+                               [([t], stats.duration) for t, stats in by_type])
 
 
 def install(session: "ActorSession", *, metrics_listen: str | None = None,

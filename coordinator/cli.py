@@ -63,6 +63,18 @@ def main(argv: list[str] | None = None) -> int:
         except config_mod.ConfigError as exc:
             print(f"corral coordinator: invalid configuration: {exc}", file=sys.stderr)
             return 2
+        from .server.auth import TokensFileError, load_tokens
+        from .server.tls import listener_problem
+
+        problem = listener_problem(config)
+        if problem is None and config.tokens_file:
+            try:
+                load_tokens(config.tokens_file)
+            except TokensFileError as exc:
+                problem = str(exc)
+        if problem:
+            print(f"corral coordinator: invalid configuration: {problem}", file=sys.stderr)
+            return 2
         from corral_telemetry.logs import configure_logging
         from corral_telemetry.tracing import TracingUnavailable
 

@@ -25,6 +25,7 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--coordinator", default=os.environ.get("CORRAL_COORDINATOR", DEFAULT_TARGET),
                        help=f"HOST:PORT of the coordinator [env CORRAL_COORDINATOR, default {DEFAULT_TARGET}]")
         p.add_argument("--timeout-s", type=float, default=30.0, help="deadline of each call")
+        add_security_arguments(p)
         return p
 
     p = common(sub.add_parser("submit", help="submit a task and print its id"))
@@ -159,8 +160,35 @@ def cmd_status(args, channel) -> int:
     return 0
 
 
+def add_security_arguments(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    p.add_argument("--token", default=env("CORRAL_TOKEN", ""),
+                   help="bearer token (roles: submitter for tasks, admin for status/pause/resume/drain) [env CORRAL_TOKEN]")
+    p.add_argument("--ca-file", default=env("CORRAL_CA_FILE", ""),
+                   help="PEM CA bundle verifying the coordinator [env CORRAL_CA_FILE, default: system roots]")
+    p.add_argument("--cert-file", default=env("CORRAL_CERT_FILE", ""),
+                   help="PEM client certificate (mutual TLS) [env CORRAL_CERT_FILE]")
+    p.add_argument("--key-file", default=env("CORRAL_KEY_FILE", ""), help="PEM key of --cert-file [env CORRAL_KEY_FILE]")
+    p.add_argument("--plaintext", action="store_true",
+                   default=env("CORRAL_PLAINTEXT", "").lower() in ("1", "true", "yes", "on"),
+                   help="no TLS [env CORRAL_PLAINTEXT; default: plaintext only to a loopback address without TLS files]")
+
+
 def run_client_command(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.coordinator) as channel:
+    from actor.security import ClientSecurity, open_channel
+
+    security = ClientSecurity(ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
+                              token=args.token, plaintext=args.plaintext)
+    problem = security.problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        channel = open_channel(args.coordinator, security)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with channel:
         try:
             return args.run(args, channel)
         except grpc.RpcError as exc:

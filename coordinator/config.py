@@ -87,7 +87,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_queued_commands", int, 100_000,
             "commands waiting for the dispatch loop before requests get RESOURCE_EXHAUSTED", _at_least(1)),
     Setting("max_queued_tasks", int, 1_000_000,
-            "tasks waiting to run (SCHEDULED, READY, RETRY_WAIT) beyond which submissions get RESOURCE_EXHAUSTED; "
+            "tasks waiting to run (SCHEDULED, READY, RETRY_WAIT, WAITING_FOR_DEPENDENCIES) beyond which submissions get RESOURCE_EXHAUSTED; "
             "0: no limit", _at_least(0)),
     Setting("rate_limits", str, "",
             "per task type, tasks started per second cluster-wide: TYPE=RATE[:BURST],... (burst default 1); "
@@ -117,6 +117,27 @@ SETTINGS: tuple[Setting, ...] = (
             "empty: no OTLP export"),
     Setting("trace_file", str, "", "also write finished spans to this file as JSON lines (tests, debugging; "
             "/dev/null: trace, but drop the spans unserialized)"),
+    # Security (README "Security"; coordinator/server/tls.py, auth.py, limits.py).
+    Setting("insecure_plaintext", _bool, False,
+            "serve without TLS (only when asked: without TLS files or this, the coordinator refuses to start)"),
+    Setting("tls_cert_file", str, "", "PEM certificate (chain) of the listener; with --tls-key-file turns TLS on"),
+    Setting("tls_key_file", str, "", "PEM private key of --tls-cert-file"),
+    Setting("tls_client_ca_file", str, "",
+            "PEM CA bundle: clients must present a certificate it signed (mutual TLS); an actor's actor_id "
+            "must then be its certificate's CN or a SAN (else PERMISSION_DENIED)"),
+    Setting("tokens_file", str, "",
+            "bearer tokens, one per line `ROLE[,ROLE...] TOKEN` (roles: submitter, actor, admin); when set "
+            "every RPC but health and reflection needs `authorization: Bearer TOKEN` (else UNAUTHENTICATED)"),
+    Setting("max_actors", int, 10_000,
+            "actors connected at once; a hello beyond it gets RESOURCE_EXHAUSTED (the actor retries)", _at_least(1)),
+    Setting("max_streams_per_peer", int, 100,
+            "open WatchTask/WatchEvents streams per client address; one more gets RESOURCE_EXHAUSTED", _at_least(1)),
+    Setting("keepalive_time_s", float, 20.0,
+            "ping a connection idle this long (closes connections whose peer vanished)", _positive),
+    Setting("keepalive_timeout_s", float, 10.0,
+            "close the connection when a ping is not answered within this long", _positive),
+    Setting("keepalive_min_ping_interval_s", float, 5.0,
+            "clients pinging more often than this are sent GOAWAY (their calls fail UNAVAILABLE)", _positive),
 )
 
 
@@ -144,6 +165,16 @@ class CoordinatorConfig:
     metrics_listen: str = ""
     otlp_endpoint: str = ""
     trace_file: str = ""
+    insecure_plaintext: bool = False
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    tokens_file: str = ""
+    max_actors: int = 10_000
+    max_streams_per_peer: int = 100
+    keepalive_time_s: float = 20.0
+    keepalive_timeout_s: float = 10.0
+    keepalive_min_ping_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         for setting in SETTINGS:

@@ -104,6 +104,7 @@ class Coordinator:
             max_queued_events=config.max_queued_events,
             clock=self.clock, metrics=metrics,
             admission=Admission(config.max_queued_tasks, config.rate_limit_map, int(time.monotonic() * 1000)))
+        self.loop.max_actors = config.max_actors
         restored = self.loop.restore_leases()
         tune_gc()
         log.info("replayed %d WAL records (%d tasks, %d running attempts kept for re-adoption) in %.3f s",

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     corral = [sys.executable, "-m", "coordinator.cli"]
     procs: list[subprocess.Popen] = [subprocess.Popen(
-        corral + ["coordinator", "--listen", args.listen, "--data-dir", args.data_dir])]
+        # Plaintext on loopback, asked for explicitly (the coordinator refuses to start otherwise).
+        corral + ["coordinator", "--listen", args.listen, "--data-dir", args.data_dir, "--insecure-plaintext"])]
     try:
         for i in range(args.actors):
             procs.append(subprocess.Popen(corral + [

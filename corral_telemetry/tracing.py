@@ -22,11 +22,13 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from random import getrandbits
+from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Status, StatusCode
@@ -43,6 +45,13 @@ _UNSET = Status(StatusCode.UNSET)
 # The last version-00 traceparent parsed and its span context (immutable: safe to share).
 _last_parsed: tuple[str, trace.SpanContext | None] = ("", None)
 _TRACEPARENT_00 = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def _random_span_id() -> int:
+    span_id = getrandbits(64)
+    while not span_id:
+        span_id = getrandbits(64)
+    return span_id
 
 
 class TracingUnavailable(RuntimeError):
@@ -188,17 +197,13 @@ def configure_tracing(service_name: str, *, instance_id: str = "", otlp_endpoint
     return Tracing(provider, processors)
 
 
-class RecordedSpan:
+class RecordedSpan(NamedTuple):
     """A span in progress, as ``SpanRecorder`` keeps it (see there)."""
 
-    __slots__ = ("context", "parent", "start_ns", "recording")
-
-    def __init__(self, context: trace.SpanContext, parent: trace.SpanContext | None, start_ns: int,
-                 recording: bool) -> None:
-        self.context = context
-        self.parent = parent
-        self.start_ns = start_ns
-        self.recording = recording
+    context: trace.SpanContext
+    parent: trace.SpanContext | None
+    start_ns: int
+    recording: bool
 
 
 class SpanRecorder:
@@ -227,16 +232,23 @@ class SpanRecorder:
         # whatever the root sampler) samples a span with a remote parent iff the parent is sampled:
         # decided here without the sampler's call (same result, a third of this method's cost).
         self.follows_remote_parent = _FOLLOWS_REMOTE_PARENT in self.sampler.get_description()
+        # The SDK's default id generator is random.getrandbits(64) (non-zero): called directly.
+        self.new_span_id = (_random_span_id if type(self.ids) is RandomIdGenerator
+                            else self.ids.generate_span_id)
+        self._last_parent: tuple = (None,)
 
     def start(self, parent: trace.SpanContext | None) -> RecordedSpan:
         if parent is not None:
+            if self.follows_remote_parent:
+                last = self._last_parent  # the tasks of one batch share their parent
+                if last[0] is not parent:
+                    sampled = parent.trace_flags.sampled
+                    last = self._last_parent = (parent, parent.is_remote, parent.trace_id,
+                                                _SAMPLED if sampled else _NOT_SAMPLED, parent.trace_state, sampled)
+                if last[1]:  # a remote parent: its sampled flag decides
+                    context = trace.SpanContext(last[2], self.new_span_id(), False, last[3], last[4])
+                    return RecordedSpan(context, parent, time.time_ns(), last[5])
             trace_id = parent.trace_id
-            if self.follows_remote_parent and parent.is_remote:
-                sampled = parent.trace_flags.sampled
-                context = trace.SpanContext(
-                    trace_id, self.ids.generate_span_id(), is_remote=False,
-                    trace_flags=_SAMPLED if sampled else _NOT_SAMPLED, trace_state=parent.trace_state)
-                return RecordedSpan(context, parent, time.time_ns(), sampled)
             parent_context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
         else:
             trace_id = self.ids.generate_trace_id()
@@ -249,15 +261,18 @@ class SpanRecorder:
 
     @staticmethod
     def context_of(span: RecordedSpan, parent: otel_context.Context | None = None) -> otel_context.Context:
-        return trace.set_span_in_context(trace.NonRecordingSpan(span.context), parent)
+        """A context holding the span (added to ``parent``; by default to an empty context, not
+        the current one: an attempt inherits nothing from the session's context)."""
+        return trace.set_span_in_context(trace.NonRecordingSpan(span.context),
+                                         _EMPTY_CONTEXT if parent is None else parent)
 
     def end(self, span: RecordedSpan, attributes: Mapping[str, Any], status: Any = None) -> None:
         if not span.recording:
             return
-        readable = ReadableSpan(
-            self.name, context=span.context, parent=span.parent, resource=self.resource, attributes=attributes,
-            kind=self.kind, status=status if status is not None else _UNSET, start_time=span.start_ns,
-            end_time=time.time_ns(), instrumentation_scope=self.scope)
+        # Positional (name, context, parent, resource, attributes, events, links, kind,
+        # instrumentation_info, status, start_time, end_time, instrumentation_scope): cheaper.
+        readable = ReadableSpan(self.name, span.context, span.parent, self.resource, attributes, (), (), self.kind,
+                                None, _UNSET if status is None else status, span.start_ns, time.time_ns(), self.scope)
         for processor in self.processors:
             processor.on_end(readable)
 

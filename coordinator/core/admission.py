@@ -24,7 +24,7 @@ from .errors import ResourceExhausted
 from .model import TaskRecord
 from .projection import Projection
 from .rate_limit import RateLimit, RateLimiter
-from .states import READY, RETRY_WAIT, RUNNING, SCHEDULED, is_terminal
+from .states import READY, RETRY_WAIT, RUNNING, SCHEDULED, WAITING, is_terminal
 
 DEFAULT_MAX_QUEUED_TASKS = 1_000_000
 
@@ -76,9 +76,11 @@ class Admission:
 
 
 def queued_tasks(projection: Projection) -> int:
-    """Tasks waiting to run: SCHEDULED + READY + RETRY_WAIT (RUNNING ones are bounded by slots)."""
+    """Tasks waiting to run: SCHEDULED + READY + RETRY_WAIT + WAITING_FOR_DEPENDENCIES (RUNNING ones
+    are bounded by the slots). Tasks waiting for prerequisites count: they are accepted work that
+    the coordinator holds, whatever they wait for."""
     counts = projection.state_counts
-    return counts[SCHEDULED] + counts[READY] + counts[RETRY_WAIT]
+    return counts[SCHEDULED] + counts[READY] + counts[RETRY_WAIT] + counts[WAITING]
 
 
 # ---- concurrency-key policies ----------------------------------------------------------------

@@ -46,7 +46,8 @@ class TaskRecord:
         "ready_at_ms", "eligible_since_ms", "ready_order", "attempts", "failed_attempts",
         "lost_attempts", "max_attempts", "max_lost_attempts", "execution_timeout_ms",
         "schedule_to_start_ms", "cancel_requested", "cancel_reason", "state_reason",
-        "error", "result", "started_once", "ordinal", "concurrency_key",
+        "error", "result", "started_once", "ordinal", "concurrency_key", "prerequisites",
+        "unfinished_prerequisites",
     )
 
     def __init__(self, task_id: str, spec: task_pb2.TaskSpec, state: int, created_ms: int,
@@ -84,6 +85,10 @@ class TaskRecord:
         self.ordinal = 0
         # "" for most tasks: the projection's hot path tests this one attribute.
         self.concurrency_key = spec.concurrency_key
+        # Task graphs (core/graph.py): every prerequisite (spec.depends_on, then DeclareDependency)
+        # and how many of them have not SUCCEEDED. () for most tasks; set by Projection.apply.
+        self.prerequisites: list[str] | tuple = ()
+        self.unfinished_prerequisites = 0
 
     @property
     def backoff(self) -> BackoffPolicy:
@@ -110,4 +115,5 @@ class TaskRecord:
             self.cancel_requested, self.cancel_reason, self.state_reason,
             self.error.SerializeToString(deterministic=True) if self.error is not None else None,
             self.result.SerializeToString(deterministic=True) if self.result is not None else None,
+            tuple(self.prerequisites), self.unfinished_prerequisites,
         )

@@ -16,6 +16,11 @@ Invariants:
 - Concurrency-key occupancy (core/concurrency.py) is maintained here, on every state change, so
   replay rebuilds it; it is part of the fingerprint.
 - Ready-queue order is priority with aging, then FIFO (`ready_entry`).
+- Task graphs (core/graph.py): `dependents` (prerequisite -> dependents, one entry per edge) and
+  each task's `unfinished_prerequisites` are maintained here from TaskSubmitted (spec.depends_on),
+  DependencyDeclared and the SUCCEEDED AttemptEnded of a prerequisite, so replay rebuilds them.
+  What happens to the dependents (promotion, cascading cancels) is decided by graph.py and
+  written by the loop as ordinary records.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from corral.v1 import task_pb2, wal_pb2
 
 from .concurrency import ConcurrencyIndex
 from .model import AttemptRecord, TaskRecord
-from .states import READY, State, check_transition, is_terminal
+from .states import READY, SUCCEEDED, WAITING, State, check_transition, is_terminal
 
 # Durable timer kinds.
 TIMER_PROMOTE = 1          # SCHEDULED / RETRY_WAIT -> READY at ready_at_ms
@@ -64,6 +69,8 @@ class Projection:
         self.state_counts: dict[int, int] = {int(s): 0 for s in State}
         # Concurrency keys: occupants and waiting READY tasks per key (core/concurrency.py).
         self.concurrency = ConcurrencyIndex(self)
+        # Task graphs: prerequisite id -> ids of the tasks that depend on it (core/graph.py).
+        self.dependents: dict[str, list[str]] = {}
         self._appliers = {
             "task_submitted": self._apply_submitted,
             "lease_granted": self._apply_lease_granted,
@@ -73,6 +80,7 @@ class Projection:
             "actor_registered": self._apply_actor_registered,
             "dispatch_paused": self._apply_dispatch_paused,
             "dispatch_resumed": self._apply_dispatch_resumed,
+            "dependency_declared": self._apply_dependency_declared,
         }
         # AdminService Pause/Resume: while paused the loop grants no lease (durable, so it
         # outlives a restart). Nothing else changes: timers fire, attempts end, tasks are accepted.
@@ -180,10 +188,14 @@ class Projection:
             self.idempotency[spec.idempotency_key] = ev.task_id
         if task.concurrency_key:
             self.concurrency.add_member(task)
+        if spec.depends_on:
+            self._add_prerequisites(task, spec.depends_on)
         if ev.state == State.READY:
             self._set_state(task, State.READY, now_ms)
         elif ev.state == State.SCHEDULED:
             self._add_timer(ev.ready_at_unix_ms, TIMER_PROMOTE, ev.task_id, 0)
+        elif ev.state == WAITING:
+            self._set_state(task, WAITING, now_ms)
         else:
             raise CorruptProjection(f"task {ev.task_id!r} submitted in state {ev.state}")
 
@@ -227,6 +239,12 @@ class Projection:
         if next_state == State.SUCCEEDED:
             task.result = ev
             task.error = None
+            if self.dependents:
+                dependents = self.dependents.get(ev.task_id)
+                if dependents:
+                    tasks = self.tasks
+                    for dependent_id in dependents:
+                        tasks[dependent_id].unfinished_prerequisites -= 1
         elif ev.HasField("error"):
             task.error = ev.error
         if next_state == State.RETRY_WAIT:
@@ -242,6 +260,32 @@ class Projection:
         task.state_reason = ev.reason
         if ev.HasField("error"):
             task.error = ev.error
+        if ev.state == State.SCHEDULED:  # out of WAITING_FOR_DEPENDENCIES, not_before still ahead
+            self._add_timer(task.ready_at_ms, TIMER_PROMOTE, ev.task_id, 0)
+
+    def _add_prerequisites(self, task: TaskRecord, prerequisite_ids) -> None:
+        """Index the edges task -> prerequisites; count the prerequisites not SUCCEEDED yet."""
+        if not task.prerequisites:
+            task.prerequisites = []
+        tasks = self.tasks
+        dependents = self.dependents
+        for prerequisite_id in prerequisite_ids:
+            prerequisite = tasks.get(prerequisite_id)
+            if prerequisite is None:
+                raise CorruptProjection(f"task {task.task_id!r} depends on unknown task {prerequisite_id!r}")
+            if prerequisite_id in task.prerequisites or prerequisite_id == task.task_id:
+                raise CorruptProjection(f"task {task.task_id!r}: bad or repeated prerequisite {prerequisite_id!r}")
+            task.prerequisites.append(prerequisite_id)
+            dependents.setdefault(prerequisite_id, []).append(task.task_id)
+            if prerequisite.state != SUCCEEDED:
+                task.unfinished_prerequisites += 1
+
+    def _apply_dependency_declared(self, ev: wal_pb2.DependencyDeclared, now_ms: int) -> None:
+        task = self._task(ev.task_id)
+        if is_terminal(task.state) or task.started_once or task.state == State.RUNNING:
+            raise CorruptProjection(f"dependency declared for task {ev.task_id!r}, which has started or ended")
+        self._add_prerequisites(task, ev.depends_on)
+        task.updated_ms = now_ms
 
     def _apply_cancel_requested(self, ev: wal_pb2.CancelRequested, now_ms: int) -> None:
         task = self._task(ev.task_id)
@@ -297,6 +341,8 @@ class Projection:
         # Concurrency keys: members, occupants and waiting order (an index, but one that gates
         # dispatch, so live and replay must agree on it exactly).
         h.update(repr(self.concurrency.summary()).encode())
+        if self.dependents:
+            h.update(repr(sorted((k, tuple(v)) for k, v in self.dependents.items())).encode())
         for task_id in sorted(self.tasks):
             h.update(repr(self.tasks[task_id].as_tuple()).encode())
         for actor_id in sorted(self.actors_seen):

@@ -103,6 +103,10 @@ def normalize_spec(spec: task_pb2.TaskSpec, field: str, limits: SpecLimits, now_
             raise InvalidField(f"{field}.not_before", "must be within a year from now")
 
     normalize_concurrency(spec, field)
+    if spec.depends_on:
+        from .graph import normalize_depends_on  # graph.py imports the projection, which needs spec.py
+
+        normalize_depends_on(spec, field)
     if len(spec.idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
         raise InvalidField(f"{field}.idempotency_key", f"must be at most {MAX_IDEMPOTENCY_KEY_CHARS} characters")
     if len(spec.labels) > MAX_LABELS:

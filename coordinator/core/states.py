@@ -22,25 +22,33 @@ class State(IntEnum):
     SUCCEEDED = task_pb2.TASK_STATE_SUCCEEDED
     FAILED = task_pb2.TASK_STATE_FAILED
     CANCELED = task_pb2.TASK_STATE_CANCELED
+    # Prerequisites (task graphs, core/graph.py) have not all SUCCEEDED yet.
+    WAITING_FOR_DEPENDENCIES = task_pb2.TASK_STATE_WAITING_FOR_DEPENDENCIES
 
 
 # Plain-int aliases for hot paths (an Enum member lookup costs more than a global int).
-SCHEDULED, READY, RUNNING, RETRY_WAIT, SUCCEEDED, FAILED, CANCELED = (int(s) for s in State)
+SCHEDULED, READY, RUNNING, RETRY_WAIT, SUCCEEDED, FAILED, CANCELED = (
+    int(s) for s in (State.SCHEDULED, State.READY, State.RUNNING, State.RETRY_WAIT, State.SUCCEEDED,
+                     State.FAILED, State.CANCELED))
+WAITING = int(State.WAITING_FOR_DEPENDENCIES)
 
 TERMINAL_STATES: frozenset[State] = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELED})
 
 # from-state -> the states it may move to. Terminal states move nowhere.
 TRANSITIONS: dict[State, frozenset[State]] = {
-    # not_before reached; canceled while waiting.
-    State.SCHEDULED: frozenset({State.READY, State.CANCELED}),
-    # leased; canceled; schedule-to-start timeout.
-    State.READY: frozenset({State.RUNNING, State.CANCELED, State.FAILED}),
+    # not_before reached; canceled while waiting; prerequisites declared (DeclareDependency).
+    State.SCHEDULED: frozenset({State.READY, State.CANCELED, State.WAITING_FOR_DEPENDENCIES}),
+    # leased; canceled; schedule-to-start timeout; prerequisites declared before its first attempt.
+    State.READY: frozenset({State.RUNNING, State.CANCELED, State.FAILED, State.WAITING_FOR_DEPENDENCIES}),
     # outcome or lease expiry: done, retry now (lost attempt), retry later, give up.
     State.RUNNING: frozenset(
         {State.SUCCEEDED, State.FAILED, State.CANCELED, State.READY, State.RETRY_WAIT}
     ),
     # backoff over; canceled while waiting.
     State.RETRY_WAIT: frozenset({State.READY, State.CANCELED}),
+    # every prerequisite SUCCEEDED (SCHEDULED if its not_before is ahead); a prerequisite failed
+    # or was canceled, or the task was canceled.
+    State.WAITING_FOR_DEPENDENCIES: frozenset({State.READY, State.SCHEDULED, State.CANCELED}),
     State.SUCCEEDED: frozenset(),
     State.FAILED: frozenset(),
     State.CANCELED: frozenset(),

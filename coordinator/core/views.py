@@ -31,6 +31,9 @@ def task_view(task: TaskRecord) -> task_pb2.Task:
     )
     if task.ready_at_ms:
         view.ready_at.FromMilliseconds(task.ready_at_ms)
+    if task.prerequisites:
+        view.depends_on.extend(task.prerequisites)
+        view.unfinished_prerequisites = task.unfinished_prerequisites
     if task.error is not None:
         view.error.CopyFrom(task.error)
     result = task.result

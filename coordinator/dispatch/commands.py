@@ -43,6 +43,13 @@ class CancelTask:
 
 
 @dataclass(slots=True)
+class DeclareDependency:
+    task_id: str
+    depends_on: list[str]
+    reply: asyncio.Future
+
+
+@dataclass(slots=True)
 class WatchTask:
     task_id: str
     queue: asyncio.Queue

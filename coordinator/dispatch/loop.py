@@ -34,6 +34,7 @@ from corral.v1 import actor_service_pb2, admin_service_pb2, task_pb2, wal_pb2
 
 from ..core import admission as admission_mod
 from ..core import decisions
+from ..core import graph
 from ..core.admission import Admission
 from ..core.durations import to_ms
 from ..core.errors import AlreadyExists, CorralError, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
@@ -88,6 +89,9 @@ class Step:
 
 
 class DispatchLoop:
+    # Actors connected at once (--max-actors); set by the coordinator after construction.
+    max_actors: int = 0  # 0: no limit
+
     def __init__(
         self,
         wal: WriteAheadLog,
@@ -302,6 +306,15 @@ class DispatchLoop:
     # ---- emitting records --------------------------------------------------------------------
 
     def _emit(self, record: wal_pb2.WalRecord, task_id: str, step: Step) -> None:
+        self._emit_one(record, task_id, step)
+        # Task graphs: every path that ends a task emits its record here. If it has dependents,
+        # their promotions / cascading cancels follow at once, in this step (core/graph.py).
+        dependents = self.projection.dependents
+        if dependents and task_id in dependents and is_terminal(self.projection.tasks[task_id].state):
+            graph.cascade(self.projection, task_id, step.now_ms,
+                          lambda r, tid: self._emit_one(r, tid, step))
+
+    def _emit_one(self, record: wal_pb2.WalRecord, task_id: str, step: Step) -> None:
         self.projection.apply(record, step.now_ms)
         step.records.append(record)
         if task_id in self._watchers:
@@ -340,7 +353,10 @@ class DispatchLoop:
         plan: list[tuple[task_pb2.TaskSpec, str | None]] = []  # (spec, existing task id)
         batch_ids: dict[str, bytes] = {}
         batch_keys: dict[str, str] = {}
+        with_prerequisites = False
         for spec, field in zip(cmd.specs, cmd.fields):
+            if spec.depends_on:
+                with_prerequisites = True
             existing_id = None
             key = spec.idempotency_key
             if key:
@@ -367,30 +383,68 @@ class DispatchLoop:
                 if key:
                     batch_keys[key] = spec.task_id
             plan.append((spec, existing_id))
+        write_order = None
+        if with_prerequisites:
+            # Task graphs (core/graph.py): unknown prerequisites and cycles are refused here, before
+            # anything is written; prerequisites within the batch are written before their dependents.
+            new = [i for i, (_, existing) in enumerate(plan) if existing is None]
+            order = graph.plan_batch([plan[i][0] for i in new], [cmd.fields[i] for i in new], tasks.__contains__)
+            if order is not None:
+                placed = {new[k] for k in order}
+                write_order = [i for i in range(len(plan)) if i not in placed] + [new[k] for k in order]
         # The global bound on queued tasks (core/admission.py): refused before anything is written.
         self.admission.check_queued(self.projection, len(plan),
                                     lambda: sum(1 for _, existing in plan if existing is None))
         # Phase 2: write.
         results = []
-        for spec, existing_id in plan:
-            if existing_id is not None:  # existed before, or earlier in this batch (written above)
-                results.append((existing_id, False, tasks[existing_id].state))
-                continue
-            ready_at = to_ms(spec.not_before) if spec.HasField("not_before") else now
-            state = State.SCHEDULED if ready_at > now else State.READY
-            # Built in place: nested constructors would copy the spec twice.
-            record = WalRecord()
-            event = record.task_submitted
-            event.task_id = spec.task_id
-            event.spec.CopyFrom(spec)
-            event.state = state
-            event.ready_at_unix_ms = ready_at
-            self._emit(record, spec.task_id, step)
-            if spec.concurrency_key:
-                self._apply_key_policy(tasks[spec.task_id], step)
-                state = tasks[spec.task_id].state  # DROP_NEW may have ended it at once
-            results.append((spec.task_id, True, state))
+        if write_order is not None:
+            results_at: dict[int, tuple] = {}
+            for i in write_order:
+                self._write_submission(plan[i][0], plan[i][1], now, step, results)
+                results_at[i] = results.pop()
+            results = [results_at[i] for i in range(len(plan))]
+        else:
+            for spec, existing_id in plan:
+                self._write_submission(spec, existing_id, now, step, results)
         step.replies.append((cmd.reply, results))
+
+    def _write_submission(self, spec: task_pb2.TaskSpec, existing_id: str | None, now: int, step: Step,
+                          results: list) -> None:
+        """Phase 2 of a submission, for one spec: its records, and its result appended to `results`."""
+        tasks = self.projection.tasks
+        if existing_id is not None:  # existed before, or earlier in this batch (written above)
+            results.append((existing_id, False, tasks[existing_id].state))
+            return
+        ready_at = to_ms(spec.not_before) if spec.HasField("not_before") else now
+        state = State.SCHEDULED if ready_at > now else State.READY
+        doomed = None
+        if spec.depends_on:
+            state, doomed = graph.submission_state(self.projection, spec.depends_on, state)
+        # Built in place: nested constructors would copy the spec twice.
+        record = WalRecord()
+        event = record.task_submitted
+        event.task_id = spec.task_id
+        event.spec.CopyFrom(spec)
+        event.state = state
+        event.ready_at_unix_ms = ready_at
+        self._emit(record, spec.task_id, step)
+        if spec.concurrency_key:
+            self._apply_key_policy(tasks[spec.task_id], step)
+            state = tasks[spec.task_id].state  # DROP_NEW may have ended it at once
+        if doomed is not None and tasks[spec.task_id].state == State.WAITING_FOR_DEPENDENCIES:
+            # A prerequisite already FAILED or was CANCELED: accepted, and canceled at once.
+            self._emit(graph.canceled_record(spec.task_id, tasks[doomed]), spec.task_id, step)
+            state = tasks[spec.task_id].state
+        results.append((spec.task_id, True, state))
+
+    def _on_declare_dependency(self, cmd: C.DeclareDependency, step: Step) -> None:
+        """TaskService.DeclareDependency: add prerequisites to a task that has not started."""
+        projection = self.projection
+        new = graph.check_declare(projection, cmd.task_id, cmd.depends_on)  # raises: nothing written
+        task = projection.tasks[cmd.task_id]
+        for record in graph.declare_records(projection, task, new):
+            self._emit(record, task.task_id, step)
+        step.replies.append((cmd.reply, _Deferred(lambda: task_view(task))))
 
     def _on_get(self, cmd: C.GetTask, step: Step) -> None:
         task = self.projection.tasks.get(cmd.task_id)
@@ -494,6 +548,9 @@ class DispatchLoop:
                 f"superseded by a newer process with the same actor id; this process must stop")
         now = step.now_ms
         previous = fleet.by_actor_id.get(identity.actor_id)
+        if previous is None and self.max_actors and len(fleet.by_actor_id) >= self.max_actors:
+            raise ResourceExhausted(f"{len(fleet.by_actor_id)} actors are connected, the limit (--max-actors); "
+                                    f"retry later")
         if previous is not None:
             # A new incarnation of the same actor: the old process is gone (restarted pod).
             fleet.disconnect(previous.key)
@@ -678,6 +735,8 @@ class DispatchLoop:
                 lease.input_bytes = spec.input_bytes
             if spec.labels:
                 lease.labels.update(spec.labels)
+            if task.prerequisites:  # task graphs: the prerequisites' outputs
+                graph.fill_prerequisites(projection, task, lease)
             trace_context = spec.trace_context
             if trace_context:
                 # The attempt's span on the actor is a child of the task's submission span.
@@ -690,6 +749,7 @@ class DispatchLoop:
         C.GetTask: _on_get,
         C.ListTasks: _on_list,
         C.CancelTask: _on_cancel,
+        C.DeclareDependency: _on_declare_dependency,
         C.WatchTask: _on_watch,
         C.UnwatchTask: _on_unwatch,
         C.ClusterStatus: _on_status,

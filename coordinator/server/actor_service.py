@@ -20,6 +20,7 @@ from ..dispatch import commands as C
 from ..dispatch.actor_link import ActorLink, LinkClosed
 from ..dispatch.loop import DispatchLoop
 from .status import status_of
+from .tls import identity_problem
 
 log = logging.getLogger("corral.actors")
 
@@ -47,8 +48,10 @@ def validate_identity(identity) -> None:
 
 
 class ActorService(actor_service_pb2_grpc.ActorServiceServicer):
-    def __init__(self, loop: DispatchLoop) -> None:
+    def __init__(self, loop: DispatchLoop, check_cert_identity: bool = False) -> None:
         self.loop = loop
+        # Mutual TLS: the hello's actor_id must be a name of the client certificate (server/tls.py).
+        self.check_cert_identity = check_cert_identity
 
     async def Connect(self, request_iterator, context):
         try:
@@ -65,6 +68,11 @@ class ActorService(actor_service_pb2_grpc.ActorServiceServicer):
         link = ActorLink(peer=context.peer())
         try:
             validate_identity(first.hello.identity)
+            if self.check_cert_identity:
+                problem = identity_problem(context.auth_context(), first.hello.identity.actor_id)
+                if problem:
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
+                    return
             actor = await self.loop.call(lambda f: C.ActorHello(link, first.hello, f))
         except CorralError as exc:
             await context.abort(status_of(exc), str(exc))

@@ -15,7 +15,8 @@ from corral.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
 from ..core.errors import CorralError, InvalidField, Unavailable
 from ..core.events import EventFilter
-from ..core.spec import SpecLimits, normalize_spec
+from ..core.graph import MAX_PREREQUISITES
+from ..core.spec import TASK_ID_RE, SpecLimits, normalize_spec
 from ..core.states import State
 from ..dispatch import commands as C
 from ..dispatch.event_hub import StreamEnd, Subscriber
@@ -122,6 +123,22 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
                 raise InvalidField("reason", "must be at most 1024 characters")
             view = await self.loop.call(lambda f: C.CancelTask(request.task_id, request.reason, f))
             return task_service_pb2.CancelTaskResponse(task=view)
+        except CorralError as exc:
+            await abort(context, exc)
+
+    async def DeclareDependency(self, request, context):
+        try:
+            require_task_id(request.task_id)
+            depends_on = list(request.depends_on)
+            if not depends_on:
+                raise InvalidField("depends_on", "must name at least one task")
+            if len(depends_on) > MAX_PREREQUISITES:
+                raise InvalidField("depends_on", f"at most {MAX_PREREQUISITES} prerequisites, got {len(depends_on)}")
+            for j, prerequisite_id in enumerate(depends_on):
+                if not TASK_ID_RE.fullmatch(prerequisite_id):
+                    raise InvalidField(f"depends_on[{j}]", "must be a task id (1-128 characters of [A-Za-z0-9._:-])")
+            view = await self.loop.call(lambda f: C.DeclareDependency(request.task_id, depends_on, f))
+            return task_service_pb2.DeclareDependencyResponse(task=view)
         except CorralError as exc:
             await abort(context, exc)
 

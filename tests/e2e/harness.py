@@ -49,7 +49,10 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval
 
 
 class Cluster:
-    def __init__(self, workdir: Path, *, lease_ttl_s: float = 2.0, coordinator_flags: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: Path, *, lease_ttl_s: float = 2.0, coordinator_flags: tuple[str, ...] = (),
+                 security: Any = None) -> None:
+        """`security`: an actor.security.ClientSecurity for the harness's own channel; with one the
+        coordinator is started without --insecure-plaintext (pass its TLS flags in coordinator_flags)."""
         self.workdir = workdir
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
@@ -60,7 +63,13 @@ class Cluster:
         self.actors: dict[str, subprocess.Popen] = {}
         self._all: list[subprocess.Popen] = []
         self._logs = 0
-        self.channel = grpc.insecure_channel(self.target)
+        self.security = security
+        if security is None:
+            self.channel = grpc.insecure_channel(self.target)
+        else:
+            from actor.security import open_channel
+
+            self.channel = open_channel(self.target, security)
         self.tasks = task_service_pb2_grpc.TaskServiceStub(self.channel)
         self.admin = admin_service_pb2_grpc.AdminServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -80,7 +89,8 @@ class Cluster:
     def start_coordinator(self, *extra: str, wait: bool = True, env: dict[str, str] | None = None) -> subprocess.Popen:
         self.coordinator = self._spawn("coordinator", [
             "coordinator", "--listen", self.target, "--data-dir", str(self.data_dir),
-            "--lease-ttl-s", str(self.lease_ttl_s), *self.coordinator_flags, *extra], env)
+            "--lease-ttl-s", str(self.lease_ttl_s),
+            *(("--insecure-plaintext",) if self.security is None else ()), *self.coordinator_flags, *extra], env)
         if wait:
             self.wait_healthy()
         return self.coordinator

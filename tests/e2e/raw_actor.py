@@ -35,7 +35,7 @@ def same_ref(a: LeaseRef, b: LeaseRef) -> bool:
 class RawActor:
     def __init__(self, target: str, actor_id: str, *, task_types: Iterable[str] = ("fence-probe",), slots: int = 1,
                  incarnation: str | None = None, held_leases: Iterable[LeaseRef] = (),
-                 stream_timeout_s: float = 120.0) -> None:
+                 stream_timeout_s: float = 120.0, channel: grpc.Channel | None = None) -> None:
         self.actor_id = actor_id
         self.incarnation = incarnation or uuid.uuid4().hex
         self.identity = task_pb2.ExecutorIdentity(actor_id=actor_id, incarnation=self.incarnation,
@@ -47,7 +47,8 @@ class RawActor:
         self._outbox: queue.Queue = queue.Queue()
         self._outbox.put(actor_service_pb2.ConnectRequest(
             hello=actor_service_pb2.Hello(identity=self.identity, held_leases=list(held_leases))))
-        self._channel = grpc.insecure_channel(target)
+        # `channel`: e.g. TLS with a token (tests/e2e/test_security.py); closed with the actor.
+        self._channel = channel if channel is not None else grpc.insecure_channel(target)
         self._call = actor_service_pb2_grpc.ActorServiceStub(self._channel).Connect(
             self._requests(), timeout=stream_timeout_s)
         self._reader = threading.Thread(target=self._read, name=f"raw-actor-{actor_id}", daemon=True)

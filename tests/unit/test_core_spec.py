@@ -389,6 +389,7 @@ def _mutations():
         m("concurrency_limit", lambda s: setattr(s, "concurrency_limit", 7)),
         m("concurrency_policy", lambda s: setattr(s, "concurrency_policy", task_pb2.CONCURRENCY_POLICY_DROP_NEW)),
         m("hold_key_during_retry", lambda s: setattr(s, "hold_key_during_retry", True)),
+        m("depends_on", lambda s: s.depends_on.append("prereq-2")),
     ]
 
 

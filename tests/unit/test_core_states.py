@@ -16,6 +16,10 @@ EXPECTED_ALLOWED = {
     (State.RUNNING, State.SUCCEEDED), (State.RUNNING, State.FAILED), (State.RUNNING, State.CANCELED),
     (State.RUNNING, State.READY), (State.RUNNING, State.RETRY_WAIT),
     (State.RETRY_WAIT, State.READY), (State.RETRY_WAIT, State.CANCELED),
+    # task graphs: DeclareDependency before the first attempt; prerequisites done / one failed.
+    (State.SCHEDULED, State.WAITING_FOR_DEPENDENCIES), (State.READY, State.WAITING_FOR_DEPENDENCIES),
+    (State.WAITING_FOR_DEPENDENCIES, State.READY), (State.WAITING_FOR_DEPENDENCIES, State.SCHEDULED),
+    (State.WAITING_FOR_DEPENDENCIES, State.CANCELED),
 }
 ALL_PAIRS = list(itertools.product(State, State))
 FORBIDDEN = [pair for pair in ALL_PAIRS if pair not in EXPECTED_ALLOWED]

@@ -297,13 +297,15 @@ def test_attempt_span_is_a_child_of_the_lease_context_and_the_handler_runs_insid
     assert span.name == "corral.attempt" and span.kind == trace.SpanKind.CONSUMER
     assert format(span.parent.span_id, "016x") == SPAN_ID and span.parent.is_remote
     assert span.resource is tracing_.provider.resource and span.start_time <= span.end_time
+    assert span.instrumentation_scope.name == "corral" and span.events == () and span.links == ()
     assert format(span.context.trace_id, "032x") == TRACE_ID and seen["span"] == span.context
     assert seen["task"] == ("t-1", 2, TRACE_ID)
     assert dict(span.attributes) == {"corral.task.id": "t-1", "corral.task.type": "echo", "corral.attempt": 2,
                                      "corral.fencing_token": 7, "corral.outcome": "failed"}
     assert span.status.status_code == trace.StatusCode.ERROR and "ValueError: bad" in span.status.description
-    assert telemetry.finished == {("echo", task_pb2.ATTEMPT_OUTCOME_FAILED): 1}
-    assert sum(telemetry.durations["echo"].counts) == 1
+    outcomes = telemetry.by_type["echo"].outcomes
+    assert outcomes[task_pb2.ATTEMPT_OUTCOME_FAILED] == 1 and sum(outcomes) == 1
+    assert sum(telemetry.by_type["echo"].duration.counts) == 1
 
 
 def test_attempt_without_trace_context_gets_a_root_span(actor_tracing):

@@ -70,6 +70,8 @@ EVENT_SAMPLES: dict[str, wal_pb2.WalRecord] = {
     ),
     "dispatch_paused": wal_pb2.WalRecord(dispatch_paused=wal_pb2.DispatchPaused(reason="maintenance")),
     "dispatch_resumed": wal_pb2.WalRecord(dispatch_resumed=wal_pb2.DispatchResumed(reason="done")),
+    "dependency_declared": wal_pb2.WalRecord(dependency_declared=wal_pb2.DependencyDeclared(
+        task_id="t-9", depends_on=["t-1", "t-2"])),
 }
 
 

@@ -77,7 +77,7 @@ class Welcome(_message.Message):
     def __init__(self, coordinator_id: _Optional[str] = ..., lease_ttl_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., adopted: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("ref", "task_type", "input", "input_bytes", "execution_timeout_ms", "deadline_unix_ms", "labels", "trace_context")
+    __slots__ = ("ref", "task_type", "input", "input_bytes", "execution_timeout_ms", "deadline_unix_ms", "labels", "trace_context", "prerequisites")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class Lease(_message.Message):
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    PREREQUISITES_FIELD_NUMBER: _ClassVar[int]
     ref: LeaseRef
     task_type: str
     input: _struct_pb2.Value
@@ -108,7 +109,18 @@ class Lease(_message.Message):
     deadline_unix_ms: int
     labels: _containers.ScalarMap[str, str]
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, ref: _Optional[_Union[LeaseRef, _Mapping]] = ..., task_type: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., input_bytes: _Optional[bytes] = ..., execution_timeout_ms: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    prerequisites: _containers.RepeatedCompositeFieldContainer[PrerequisiteResult]
+    def __init__(self, ref: _Optional[_Union[LeaseRef, _Mapping]] = ..., task_type: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., input_bytes: _Optional[bytes] = ..., execution_timeout_ms: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., prerequisites: _Optional[_Iterable[_Union[PrerequisiteResult, _Mapping]]] = ...) -> None: ...
+
+class PrerequisiteResult(_message.Message):
+    __slots__ = ("task_id", "output", "output_bytes")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    output: _struct_pb2.Value
+    output_bytes: bytes
+    def __init__(self, task_id: _Optional[str] = ..., output: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., output_bytes: _Optional[bytes] = ...) -> None: ...
 
 class ResultAck(_message.Message):
     __slots__ = ("lease", "accepted", "reason")

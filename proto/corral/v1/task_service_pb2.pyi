@@ -26,6 +26,20 @@ TASK_EVENT_KIND_ATTEMPT_STARTED: TaskEventKind
 TASK_EVENT_KIND_ATTEMPT_ENDED: TaskEventKind
 TASK_EVENT_KIND_CANCEL_REQUESTED: TaskEventKind
 
+class DeclareDependencyRequest(_message.Message):
+    __slots__ = ("task_id", "depends_on")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    depends_on: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_id: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeclareDependencyResponse(_message.Message):
+    __slots__ = ("task",)
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    task: _task_pb2.Task
+    def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ...) -> None: ...
+
 class SubmitTaskRequest(_message.Message):
     __slots__ = ("task",)
     TASK_FIELD_NUMBER: _ClassVar[int]

@@ -69,6 +69,11 @@ class TaskServiceStub:
                 request_serializer=corral_dot_v1_dot_task__service__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_task__service__pb2.WatchEventsResponse.FromString,
                 _registered_method=True)
+        self.DeclareDependency = channel.unary_unary(
+                '/corral.v1.TaskService/DeclareDependency',
+                request_serializer=corral_dot_v1_dot_task__service__pb2.DeclareDependencyRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_task__service__pb2.DeclareDependencyResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -124,6 +129,17 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeclareDependency(self, request, context):
+        """Add prerequisites to a task that has not started (SCHEDULED, READY or
+        WAITING_FOR_DEPENDENCIES; FAILED_PRECONDITION otherwise): it waits until they all SUCCEED.
+        INVALID_ARGUMENT (naming depends_on[i]) for an unknown task, the task itself, or a cycle;
+        FAILED_PRECONDITION for a prerequisite that already FAILED or was CANCELED. Prerequisites
+        the task already has are ignored. Durable on return.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +177,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=corral_dot_v1_dot_task__service__pb2.WatchEventsRequest.FromString,
                     response_serializer=corral_dot_v1_dot_task__service__pb2.WatchEventsResponse.SerializeToString,
+            ),
+            'DeclareDependency': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclareDependency,
+                    request_deserializer=corral_dot_v1_dot_task__service__pb2.DeclareDependencyRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_task__service__pb2.DeclareDependencyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +373,33 @@ class TaskService:
             '/corral.v1.TaskService/WatchEvents',
             corral_dot_v1_dot_task__service__pb2.WatchEventsRequest.SerializeToString,
             corral_dot_v1_dot_task__service__pb2.WatchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclareDependency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.TaskService/DeclareDependency',
+            corral_dot_v1_dot_task__service__pb2.DeclareDependencyRequest.SerializeToString,
+            corral_dot_v1_dot_task__service__pb2.DeclareDependencyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,14 +1,15 @@
 from google.protobuf import struct_pb2 as _struct_pb2
 from corral.v1 import task_pb2 as _task_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WalRecord(_message.Message):
-    __slots__ = ("seq", "at_unix_ms", "task_submitted", "lease_granted", "attempt_ended", "task_state_changed", "cancel_requested", "actor_registered", "dispatch_paused", "dispatch_resumed")
+    __slots__ = ("seq", "at_unix_ms", "task_submitted", "lease_granted", "attempt_ended", "task_state_changed", "cancel_requested", "actor_registered", "dispatch_paused", "dispatch_resumed", "dependency_declared")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TASK_SUBMITTED_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +20,7 @@ class WalRecord(_message.Message):
     ACTOR_REGISTERED_FIELD_NUMBER: _ClassVar[int]
     DISPATCH_PAUSED_FIELD_NUMBER: _ClassVar[int]
     DISPATCH_RESUMED_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCY_DECLARED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     at_unix_ms: int
     task_submitted: TaskSubmitted
@@ -29,7 +31,8 @@ class WalRecord(_message.Message):
     actor_registered: ActorRegistered
     dispatch_paused: DispatchPaused
     dispatch_resumed: DispatchResumed
-    def __init__(self, seq: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., task_submitted: _Optional[_Union[TaskSubmitted, _Mapping]] = ..., lease_granted: _Optional[_Union[LeaseGranted, _Mapping]] = ..., attempt_ended: _Optional[_Union[AttemptEnded, _Mapping]] = ..., task_state_changed: _Optional[_Union[TaskStateChanged, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., actor_registered: _Optional[_Union[ActorRegistered, _Mapping]] = ..., dispatch_paused: _Optional[_Union[DispatchPaused, _Mapping]] = ..., dispatch_resumed: _Optional[_Union[DispatchResumed, _Mapping]] = ...) -> None: ...
+    dependency_declared: DependencyDeclared
+    def __init__(self, seq: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., task_submitted: _Optional[_Union[TaskSubmitted, _Mapping]] = ..., lease_granted: _Optional[_Union[LeaseGranted, _Mapping]] = ..., attempt_ended: _Optional[_Union[AttemptEnded, _Mapping]] = ..., task_state_changed: _Optional[_Union[TaskStateChanged, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., actor_registered: _Optional[_Union[ActorRegistered, _Mapping]] = ..., dispatch_paused: _Optional[_Union[DispatchPaused, _Mapping]] = ..., dispatch_resumed: _Optional[_Union[DispatchResumed, _Mapping]] = ..., dependency_declared: _Optional[_Union[DependencyDeclared, _Mapping]] = ...) -> None: ...
 
 class TaskSubmitted(_message.Message):
     __slots__ = ("task_id", "spec", "state", "ready_at_unix_ms")
@@ -120,3 +123,11 @@ class DispatchResumed(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class DependencyDeclared(_message.Message):
+    __slots__ = ("task_id", "depends_on")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    depends_on: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_id: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ...) -> None: ...
