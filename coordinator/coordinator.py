@@ -114,7 +114,7 @@ class Coordinator:
                         projection.pause_reason)
         self._loop_task = asyncio.create_task(self.loop.run(), name="dispatch-loop")
         self._server, self._health, self.port = build_server(config, self.loop,
-                                                             SubmissionTracing(tracing.tracer if tracing else None))
+                                                             SubmissionTracing(tracing))
         await self._server.start()
         if metrics is not None:
             self._metrics_server, self.metrics_port = start_coordinator_metrics(config.metrics_listen, self.loop, metrics)

@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         # Plaintext on loopback, asked for explicitly (the coordinator refuses to start otherwise).
         corral + ["coordinator", "--listen", args.listen, "--data-dir", args.data_dir, "--insecure-plaintext"])]
     try:
+        wait_ready(args.listen, 0, 30)  # coordinator first: actors then connect at once
         for i in range(args.actors):
             procs.append(subprocess.Popen(corral + [
                 "actor", "--coordinator", args.listen, "--app", "actor.demo", "--slots", str(args.slots),

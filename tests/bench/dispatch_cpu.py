@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import statistics
 import sys
 import tempfile
@@ -46,16 +47,10 @@ class _GrpcContext:
 
 
 def _tracer():
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    """Tracing as the coordinator sets it up with --trace-file /dev/null (batched, then dropped)."""
+    from corral_telemetry.tracing import configure_tracing
 
-    class Drop(SpanExporter):
-        def export(self, spans):
-            return SpanExportResult.SUCCESS
-
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(Drop()))
-    return provider.get_tracer("bench")
+    return configure_tracing("bench-coordinator", trace_file=os.devnull)
 
 
 METRICS_CPU: list[float] = []  # per run with metrics: µs per task inside LoopMetrics.step_committed

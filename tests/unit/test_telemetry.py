@@ -205,10 +205,10 @@ def submit(tracing_: SubmissionTracing, specs, metadata=(), results=None, error=
     return asyncio.run(tracing_.submit("SubmitTasks", FakeGrpcContext(metadata), specs, call))
 
 
-def test_submission_span_is_a_child_of_the_callers_context_and_its_context_goes_into_each_spec(spans):
-    tracer, exporter = spans
+def test_submission_span_is_a_child_of_the_callers_context_and_its_context_goes_into_each_spec(actor_tracing):
+    tracing_, exporter = actor_tracing
     specs = [task_pb2.TaskSpec(type="t") for _ in range(3)]
-    submit(SubmissionTracing(tracer), specs, metadata=[("traceparent", TRACEPARENT)])
+    submit(SubmissionTracing(tracing_), specs, metadata=[("traceparent", TRACEPARENT)])
     [span] = exporter.get_finished_spans()
     assert span.name == "corral.v1.TaskService/SubmitTasks" and span.kind == trace.SpanKind.SERVER
     assert format(span.context.trace_id, "032x") == TRACE_ID
@@ -217,30 +217,43 @@ def test_submission_span_is_a_child_of_the_callers_context_and_its_context_goes_
     assert [s.trace_context["traceparent"] for s in specs] == [own] * 3
     assert span.attributes["corral.task.count"] == 3 and span.attributes["corral.task.created_count"] == 3
     assert list(span.attributes["corral.task.ids"]) == ["id-0", "id-1", "id-2"]
+    assert span.attributes["rpc.method"] == "SubmitTasks" and span.status.status_code == trace.StatusCode.UNSET
 
 
-def test_one_span_per_batch_with_at_most_max_ids(spans):
-    tracer, exporter = spans
+def test_one_span_per_batch_with_at_most_max_ids(actor_tracing):
+    tracing_, exporter = actor_tracing
     n = MAX_IDS_ATTRIBUTE + 50
-    submit(SubmissionTracing(tracer), [task_pb2.TaskSpec(type="t") for _ in range(n)])
+    specs = [task_pb2.TaskSpec(type="t") for _ in range(n)]
+    submit(SubmissionTracing(tracing_), specs)
     [span] = exporter.get_finished_spans()
     assert span.parent is None  # no caller context: a root span
     assert span.attributes["corral.task.count"] == n and len(span.attributes["corral.task.ids"]) == MAX_IDS_ATTRIBUTE
+    assert specs[-1].trace_context["traceparent"].split("-")[1:3] == [f"{span.context.trace_id:032x}",
+                                                                      f"{span.context.span_id:016x}"]
 
 
-def test_single_submission_span_names_the_task(spans):
-    tracer, exporter = spans
-    submit(SubmissionTracing(tracer), [task_pb2.TaskSpec(type="t")], results=[("only", False, 5)])
+def test_single_submission_span_names_the_task(actor_tracing):
+    tracing_, exporter = actor_tracing
+    submit(SubmissionTracing(tracing_), [task_pb2.TaskSpec(type="t")], results=[("only", False, 5)])
     [span] = exporter.get_finished_spans()
     assert span.attributes["corral.task.id"] == "only" and span.attributes["corral.task.created"] is False
 
 
-def test_a_refused_submission_ends_its_span_in_error(spans):
-    tracer, exporter = spans
+def test_a_refused_submission_ends_its_span_in_error(actor_tracing):
+    tracing_, exporter = actor_tracing
     with pytest.raises(AlreadyExists):
-        submit(SubmissionTracing(tracer), [task_pb2.TaskSpec(type="t")], error=AlreadyExists("task_id: taken"))
+        submit(SubmissionTracing(tracing_), [task_pb2.TaskSpec(type="t")], error=AlreadyExists("task_id: taken"))
     [span] = exporter.get_finished_spans()
     assert span.status.status_code == trace.StatusCode.ERROR and "taken" in span.status.description
+
+
+def test_an_unsampled_caller_gets_no_submission_span_but_its_decision_travels_with_the_tasks(actor_tracing):
+    tracing_, exporter = actor_tracing
+    specs = [task_pb2.TaskSpec(type="t")]
+    submit(SubmissionTracing(tracing_), specs, metadata=[("traceparent", f"00-{TRACE_ID}-{SPAN_ID}-00")])
+    assert exporter.get_finished_spans() == ()
+    tp = specs[0].trace_context["traceparent"]
+    assert tp.startswith(f"00-{TRACE_ID}-") and tp.endswith("-00")
 
 
 def test_without_a_tracer_no_span_is_made_and_the_callers_context_is_passed_through():
