@@ -19,7 +19,7 @@ Metric names (Prometheus conventions: ``corral_`` prefix, base units in the name
 for counters; label values lower case):
 
     corral_tasks{state}                                   gauge      tasks by state
-    corral_queue_depth{task_type}                         gauge      READY tasks waiting for a slot
+    corral_queue_depth{task_type}                         gauge      READY tasks in the ready queues
     corral_connected_actors / corral_slots / corral_free_slots / corral_leases   gauges
     corral_attempts_total{task_type,outcome}              counter    attempts ended, by outcome
     corral_lease_expiries_total                           counter
@@ -124,7 +124,7 @@ class LoopMetrics:
 
 
 def queue_depths(projection: Any) -> dict[str, int]:
-    """READY tasks by task type.
+    """READY tasks in the ready queues, by task type.
 
     The ready queues are heaps with lazy deletion (an entry stays until it reaches the head after
     its task was granted or canceled), so their lengths over-count. When they add up to the exact
@@ -147,7 +147,7 @@ def queue_depths(projection: Any) -> dict[str, int]:
     depths = {}
     for (task_type, _caps), heap in queues:
         n = 0
-        for _neg_priority, order, task_id in list(heap):
+        for _sort_key, order, task_id in list(heap):
             task = tasks.get(task_id)
             if task is not None and task.state == READY and task.ready_order == order:
                 n += 1
@@ -176,8 +176,9 @@ class CoordinatorCollector:
             tasks.add_metric([STATE_LABELS.get(state, str(state))], count)
         yield tasks
 
-        depth = GaugeMetricFamily("corral_queue_depth", "READY tasks waiting for an actor slot, by task type.",
-                                  labels=["task_type"])
+        depth = GaugeMetricFamily("corral_queue_depth",
+                                  "READY tasks in the ready queues, waiting for an actor slot, by task type (tasks "
+                                  "held back by a concurrency key count once admitted).", labels=["task_type"])
         for task_type, n in sorted(queue_depths(projection).items()):
             depth.add_metric([task_type], n)
         yield depth
