@@ -41,6 +41,10 @@ ENV_ACTOR_ID = "CORRAL_ACTOR_ID"
 ENV_GRACE_S = "CORRAL_ACTOR_GRACE_S"
 ENV_LABELS = "CORRAL_ACTOR_LABELS"
 ENV_LOG_LEVEL = "CORRAL_LOG_LEVEL"
+ENV_LOG_FORMAT = "CORRAL_LOG_FORMAT"
+ENV_METRICS_LISTEN = "CORRAL_METRICS_LISTEN"
+ENV_OTLP_ENDPOINT = "CORRAL_OTLP_ENDPOINT"
+ENV_TRACE_FILE = "CORRAL_TRACE_FILE"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -70,8 +74,15 @@ SETTINGS: tuple[ActorSetting, ...] = (
     ActorSetting("label", "--label", ENV_LABELS, "none",
                  "actor labels: the flag KEY=VALUE is repeatable, the variable is KEY=VALUE,KEY=VALUE"),
     ActorSetting("log_level", "--log-level", ENV_LOG_LEVEL, "INFO", "DEBUG, INFO, WARNING or ERROR"),
-    ActorSetting("metrics_listen", "--metrics-listen", "CORRAL_METRICS_LISTEN", "off",
-                 "serve Prometheus metrics on HOST:PORT, path /metrics (actor/telemetry.py)"),
+    # Telemetry (actor/telemetry.py; README "Observability").
+    ActorSetting("log_format", "--log-format", ENV_LOG_FORMAT, "text",
+                 "text, or json (one JSON object per line, with task_id/attempt/trace_id)"),
+    ActorSetting("metrics_listen", "--metrics-listen", ENV_METRICS_LISTEN, "off",
+                 "serve Prometheus metrics on HOST:PORT, path /metrics"),
+    ActorSetting("otlp_endpoint", "--otlp-endpoint", ENV_OTLP_ENDPOINT, "off",
+                 "export traces with OTLP/gRPC, e.g. http://otel-collector:4317 (needs corral[otlp])"),
+    ActorSetting("trace_file", "--trace-file", ENV_TRACE_FILE, "off",
+                 "also write finished spans to this file as JSON lines (tests, debugging)"),
     # Security (actor/security.py; README "Security").
     ActorSetting("token", "--token", "CORRAL_TOKEN", "none",
                  "bearer token with the actor role, sent as `authorization: Bearer TOKEN`"),
@@ -118,7 +129,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--label", type=_label, action="append", default=None, metavar="KEY=VALUE",
                         help=helptext("label"))
     parser.add_argument("--log-level", metavar="LEVEL", help=helptext("log_level"))
+    parser.add_argument("--log-format", metavar="FORMAT", help=helptext("log_format"))
     parser.add_argument("--metrics-listen", metavar="HOST:PORT", help=helptext("metrics_listen"))
+    parser.add_argument("--otlp-endpoint", metavar="URL", help=helptext("otlp_endpoint"))
+    parser.add_argument("--trace-file", metavar="PATH", help=helptext("trace_file"))
     parser.add_argument("--token", metavar="TOKEN", help=helptext("token"))
     parser.add_argument("--ca-file", metavar="PEM", help=helptext("ca_file"))
     parser.add_argument("--cert-file", metavar="PEM", help=helptext("cert_file"))
@@ -156,6 +170,10 @@ class ActorConfig:
     labels: dict[str, str]
     log_level: str
     security: ClientSecurity = ClientSecurity()
+    log_format: str = "text"
+    metrics_listen: str = ""
+    otlp_endpoint: str = ""
+    trace_file: str = ""
 
 
 def _from_env(value: object, env: str, environ: Mapping[str, str]) -> str | None:
@@ -202,6 +220,20 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
     if log_level not in LOG_LEVELS:
         raise bad("log_level", f"must be {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]} "
                                f"(got {values['log_level']!r})")
+    from corral_telemetry.logs import check_log_format
+
+    log_format = (raw("log_format") or "text").lower()
+    problem = check_log_format(log_format)
+    if problem:
+        raise bad("log_format", f"{problem} (got {raw('log_format')!r})")
+    metrics_listen = raw("metrics_listen") or ""
+    if metrics_listen:
+        from corral_telemetry.prometheus import parse_listen
+
+        try:
+            parse_listen(metrics_listen)
+        except ValueError as exc:
+            raise bad("metrics_listen", str(exc)) from None
     label_flags = getattr(args, "label", None)
     if label_flags:  # flags win over the environment, as for every other setting
         labels = dict(label_flags)
@@ -221,7 +253,9 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
         raise bad("cert_file" if "go together" in problem else "plaintext", problem)
     return ActorConfig(coordinator=str(values["coordinator"]), app=str(values["app"]), slots=slots,
                        actor_id=values["actor_id"] or default_actor_id(), grace_s=grace_s, labels=labels,
-                       log_level=log_level, security=security)
+                       log_level=log_level, security=security, log_format=log_format,
+                       metrics_listen=metrics_listen, otlp_endpoint=raw("otlp_endpoint") or "",
+                       trace_file=raw("trace_file") or "")
 
 
 def _aio_credentials(config: ActorConfig):
@@ -261,7 +295,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:  # metrics, traces, JSON logs: whatever is configured (actor/telemetry.py)
         from actor.telemetry import install as install_telemetry
 
-        install_telemetry(session, metrics_listen=getattr(args, "metrics_listen", None))
+        install_telemetry(session, metrics_listen=config.metrics_listen, log_format=config.log_format,
+                          otlp_endpoint=config.otlp_endpoint, trace_file=config.trace_file)
     except (ValueError, OSError, RuntimeError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE

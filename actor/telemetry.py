@@ -5,7 +5,7 @@ instead of ``runner.start()``, and ``attempt_done``), and ``install`` (set-up fr
 settings and the environment). A session without telemetry (``session.telemetry is None``, the
 default) pays one None check per attempt.
 
-- Traces (``CORRAL_OTLP_ENDPOINT`` and/or ``CORRAL_TRACE_FILE``, as on the coordinator): the
+- Traces (``--otlp-endpoint`` and/or ``--trace-file``, as on the coordinator): the
   attempt span ``corral.attempt`` is a child of the context the lease carries (the task's
   submission span on the coordinator, itself a child of the submitter's span), with attributes
   task id, type, attempt, fencing token and, at the end, the outcome (the actor id is the
@@ -17,7 +17,7 @@ default) pays one None check per attempt.
 - Metrics (``--metrics-listen`` / ``CORRAL_METRICS_LISTEN``): counters the session keeps anyway
   are read at scrape time; per attempt only an outcome count and a duration observation are
   added (plain ints, no lock).
-- Logs (``CORRAL_LOG_FORMAT=json``): the handler runs with ``TASK_CONTEXT`` set, so its own log
+- Logs (``--log-format json``): the handler runs with ``TASK_CONTEXT`` set, so its own log
   lines carry task_id, attempt and trace_id.
 """
 from __future__ import annotations
@@ -195,25 +195,29 @@ class ActorTelemetry:
                                [([t], stats.duration) for t, stats in by_type])
 
 
-def install(session: "ActorSession", *, metrics_listen: str | None = None,
+def install(session: "ActorSession", *, metrics_listen: str | None = None, log_format: str | None = None,
+            otlp_endpoint: str | None = None, trace_file: str | None = None,
             environ: Mapping[str, str] | None = None) -> ActorTelemetry | None:
-    """Set up what is configured (``metrics_listen`` or CORRAL_METRICS_LISTEN, CORRAL_LOG_FORMAT,
-    CORRAL_OTLP_ENDPOINT, CORRAL_TRACE_FILE) and attach it to ``session``; None when nothing is.
+    """Set up what is configured and attach it to ``session``; None when nothing is.
+
+    Each argument left empty falls back to its environment variable (CORRAL_METRICS_LISTEN,
+    CORRAL_LOG_FORMAT, CORRAL_OTLP_ENDPOINT, CORRAL_TRACE_FILE); ``corral actor`` passes the
+    values ``actor.runner.resolve_settings`` resolved (flag, then environment).
 
     Raises ValueError naming the setting for a bad value, ``TracingUnavailable`` (a RuntimeError)
     when OTLP is configured but not installed, OSError when the metrics address cannot be bound."""
     environ = os.environ if environ is None else environ
     listen = metrics_listen or environ.get(ENV_METRICS_LISTEN, "")
-    log_format = environ.get(ENV_LOG_FORMAT, "") or "text"
+    log_format = log_format or environ.get(ENV_LOG_FORMAT, "") or "text"
     problem = check_log_format(log_format)
     if problem:
-        raise ValueError(f"{ENV_LOG_FORMAT}: {problem} (got {log_format!r})")
+        raise ValueError(f"--log-format / {ENV_LOG_FORMAT}: {problem} (got {log_format!r})")
     json_logs = log_format.lower() == "json"
     if json_logs:
         use_json_logs()
     tracing = configure_tracing("corral-actor", instance_id=session.actor_id,
-                                otlp_endpoint=environ.get(ENV_OTLP_ENDPOINT, ""),
-                                trace_file=environ.get(ENV_TRACE_FILE, ""))
+                                otlp_endpoint=otlp_endpoint or environ.get(ENV_OTLP_ENDPOINT, ""),
+                                trace_file=trace_file or environ.get(ENV_TRACE_FILE, ""))
     if tracing is None and not listen and not json_logs:
         return None
     telemetry = ActorTelemetry(session, tracing=tracing, metrics=bool(listen), task_logs=json_logs)

@@ -40,6 +40,20 @@ def test_a_flag_beats_the_environment_and_defaults_fill_the_rest():
     assert cfg.grace_s == 5.0 and cfg.log_level == "INFO" and cfg.actor_id  # defaults
 
 
+def test_telemetry_settings_come_from_flags_or_the_environment_and_are_off_by_default():
+    cfg = resolve([], BASE)
+    assert (cfg.log_format, cfg.metrics_listen, cfg.otlp_endpoint, cfg.trace_file) == ("text", "", "", "")
+    env = {**BASE, "CORRAL_LOG_FORMAT": "JSON", "CORRAL_METRICS_LISTEN": "0.0.0.0:9464",
+           "CORRAL_OTLP_ENDPOINT": "http://c:4317", "CORRAL_TRACE_FILE": "/tmp/spans.jsonl"}
+    cfg = resolve([], env)
+    assert (cfg.log_format, cfg.metrics_listen, cfg.otlp_endpoint, cfg.trace_file) == \
+        ("json", "0.0.0.0:9464", "http://c:4317", "/tmp/spans.jsonl")
+    cfg = resolve(["--log-format", "text", "--metrics-listen", ":9000", "--otlp-endpoint", "http://d:4317",
+                   "--trace-file", "/tmp/other.jsonl"], env)
+    assert (cfg.log_format, cfg.metrics_listen, cfg.otlp_endpoint, cfg.trace_file) == \
+        ("text", ":9000", "http://d:4317", "/tmp/other.jsonl")
+
+
 @pytest.mark.parametrize("argv, env, named", [
     ([], {"CORRAL_APP": "actor.demo"}, "--coordinator / CORRAL_COORDINATOR"),
     ([], {"CORRAL_COORDINATOR": "c:1"}, "--app / CORRAL_APP"),
@@ -50,6 +64,9 @@ def test_a_flag_beats_the_environment_and_defaults_fill_the_rest():
     ([], {**BASE, "CORRAL_ACTOR_LABELS": "zone=a,oops"}, "--label / CORRAL_ACTOR_LABELS"),
     ([], {**BASE, "CORRAL_LOG_LEVEL": "chatty"}, "--log-level / CORRAL_LOG_LEVEL"),
     (["--log-level", "chatty"], BASE, "--log-level / CORRAL_LOG_LEVEL"),
+    ([], {**BASE, "CORRAL_LOG_FORMAT": "xml"}, "--log-format / CORRAL_LOG_FORMAT"),
+    (["--log-format", "yaml"], BASE, "--log-format / CORRAL_LOG_FORMAT"),
+    ([], {**BASE, "CORRAL_METRICS_LISTEN": "9464"}, "--metrics-listen / CORRAL_METRICS_LISTEN"),
 ])
 def test_a_bad_setting_is_refused_naming_it(argv, env, named):
     with pytest.raises(runner.ActorConfigError) as info:
