@@ -9,6 +9,8 @@ variables (the children see no CORRAL_* variable of the calling shell). What is 
 - CORRAL_LISTEN -> 127.0.0.1:PORT and the actors' CORRAL_COORDINATOR -> 127.0.0.1:PORT
   (there is no Service DNS here);
 - CORRAL_DATA_DIR -> a temporary directory (there is no PersistentVolume);
+- CORRAL_METRICS_LISTEN (when the manifests set it) -> 127.0.0.1:0, a free loopback port per
+  process (in a cluster every pod has its own IP; here they would all want port 9464);
 - `fieldRef: metadata.name` -> a generated pod name (`corral-actor-5d8f7c9b6d-x7k2p`), so each
   actor gets its own CORRAL_ACTOR_ID as in a cluster.
 
@@ -48,6 +50,8 @@ from corral.v1 import admin_service_pb2, admin_service_pb2_grpc
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OVERLAY = REPO_ROOT / "deploy" / "overlays" / "dev"
 COMPONENT = "app.kubernetes.io/component"
+ENV_METRICS_LISTEN = "CORRAL_METRICS_LISTEN"
+METRICS_LOCAL = "127.0.0.1:0"  # any free loopback port, one per process
 
 
 class StandInError(RuntimeError):
@@ -204,15 +208,20 @@ def plan(objects: list[dict[str, Any]], *, port: int, data_dir: Path | str, acto
             if key not in env:
                 raise StandInError(f"{obj['kind']}/{obj['metadata']['name']}: the manifests do not set {key}")
         env.update(overrides)
+        if ENV_METRICS_LISTEN in env:
+            env[ENV_METRICS_LISTEN] = METRICS_LOCAL
         return ProcessSpec(name=name, role=role, args=_args(obj, container), env=env, grace_s=_grace(obj))
 
     coordinator_overrides = {"CORRAL_LISTEN": target, "CORRAL_DATA_DIR": str(data_dir)}
     actor_overrides = {"CORRAL_COORDINATOR": target}
     count = _replicas(objects, deploy) if actors is None else actors
-    return Plan(coordinator=spec(sts, "coordinator", 0, coordinator_overrides),
-                actors=[spec(deploy, "actor", i, actor_overrides) for i in range(count)],
-                target=target, namespace=namespace,
-                overridden={**coordinator_overrides, **actor_overrides})
+    coordinator = spec(sts, "coordinator", 0, coordinator_overrides)
+    actor_specs = [spec(deploy, "actor", i, actor_overrides) for i in range(count)]
+    overridden = {**coordinator_overrides, **actor_overrides}
+    if any(ENV_METRICS_LISTEN in s.env for s in [coordinator, *actor_specs]):
+        overridden[ENV_METRICS_LISTEN] = METRICS_LOCAL
+    return Plan(coordinator=coordinator, actors=actor_specs, target=target, namespace=namespace,
+                overridden=overridden)
 
 
 # ---- running it ----------------------------------------------------------------------------------

@@ -283,11 +283,12 @@ class DispatchLoop:
                 await asyncio.to_thread(self.wal.append_batch, step.records, step.now_ms, meta)
             commit_s = time.perf_counter() - commit_started
         self.steps += 1
+        # Leases first: they are on the submit-to-start path; client replies are not.
+        for link, message in step.outbox.items():
+            link.send(message)
         for future, value in step.replies:
             if not future.done():
                 future.set_result(value.make() if type(value) is _Deferred else value)
-        for link, message in step.outbox.items():
-            link.send(message)
         if step.watched_views:
             self._notify_watchers(step.watched_views)
         if self.events.subscribers and step.records:  # WatchEvents; nobody subscribed: this check only

@@ -5,7 +5,8 @@ Checked for every overlay: the container args are real `corral` subcommands with
 parsers accept; every CORRAL_* variable of a container is a setting of its role (coordinator:
 coordinator/config.py SETTINGS; actor: actor/runner.py SETTINGS) and its value is accepted by that
 role's own validation; ports, Services, probes and the NetworkPolicy all use the port in
-CORRAL_LISTEN; the data dir is on the PVC and the root filesystem is read-only; the termination
+CORRAL_LISTEN; each role's `metrics` port, its prometheus.io annotations and the NetworkPolicy's
+scrape rule use the port in its CORRAL_METRICS_LISTEN; the data dir is on the PVC and the root filesystem is read-only; the termination
 grace periods outlast the processes' own shutdown budgets; the security settings hold.
 """
 from __future__ import annotations
@@ -185,6 +186,34 @@ def test_network_policy_admits_only_actors_and_clients_on_the_grpc_port(rendered
     actor_labels = actors(rendered)["spec"]["template"]["metadata"]["labels"]
     assert any(labels_match(s, actor_labels) for s in selectors), "actors are not admitted"
     assert {"corral.dev/client": "true"} in selectors, "clients labelled corral.dev/client are not admitted"
+
+
+def metrics_port(r: Rendered, obj: dict[str, Any]) -> int:
+    host, _, port = env_of(r, obj)["CORRAL_METRICS_LISTEN"].rpartition(":")
+    assert host in ("0.0.0.0", "[::]"), f"CORRAL_METRICS_LISTEN host {host!r}: Prometheus scrapes from another pod"
+    return int(port)
+
+
+@pytest.mark.parametrize("role", ["coordinator", "actor"])
+def test_metrics_port_and_scrape_annotations_are_the_port_in_corral_metrics_listen(rendered: Rendered, role: str):
+    obj = coordinator(rendered) if role == "coordinator" else actors(rendered)
+    port = metrics_port(rendered, obj)
+    [named] = [p for p in container(obj)["ports"] if p["name"] == "metrics"]
+    assert named["containerPort"] == port and named.get("protocol", "TCP") == "TCP"
+    annotations = obj["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(port)
+    assert annotations["prometheus.io/path"] == "/metrics"
+    if role == "coordinator":
+        assert port != listen_port(rendered), "metrics and gRPC need ports of their own"
+
+
+def test_network_policy_admits_scrapes_from_monitoring_namespaces_on_the_metrics_port_only(rendered: Rendered):
+    [policy] = rendered.of_kind("NetworkPolicy")
+    port = metrics_port(rendered, coordinator(rendered))
+    [rule] = [r for r in policy["spec"]["ingress"] if port in [p["port"] for p in r["ports"]]]
+    assert [p["port"] for p in rule["ports"]] == [port]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"corral.dev/monitoring": "true"}}}]
 
 
 # ---- storage, filesystem, shutdown --------------------------------------------------------------------

@@ -39,6 +39,7 @@ def test_the_plan_is_the_manifests_environment_with_only_the_local_overrides(sta
     assert coordinator.env["CORRAL_LISTEN"] == "127.0.0.1:17070"
     assert coordinator.env["CORRAL_DATA_DIR"] == str(tmp_path / "data")
     assert coordinator.env["CORRAL_LOG_LEVEL"] == "DEBUG"          # the dev overlay's merge
+    assert coordinator.env["CORRAL_METRICS_LISTEN"] == "127.0.0.1:0"  # not 9464 for every process
     assert len(actors) == 2                                         # the dev overlay's replicas
     assert {a.env["CORRAL_ACTOR_ID"] for a in actors} == {a.name for a in actors}
     assert len({a.name for a in actors}) == 2
@@ -46,6 +47,7 @@ def test_the_plan_is_the_manifests_environment_with_only_the_local_overrides(sta
         assert actor.args == ["actor"]
         assert actor.env["CORRAL_COORDINATOR"] == "127.0.0.1:17070"
         assert actor.env["CORRAL_APP"] == "actor.demo"
+        assert actor.env["CORRAL_METRICS_LISTEN"] == "127.0.0.1:0"
         assert all(k.startswith("CORRAL_") for k in actor.env)
 
 
