@@ -35,7 +35,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from corral.v1 import task_pb2
 from corral_telemetry.logs import TASK_CONTEXT, check_log_format, trace_id_of, use_json_logs
-from corral_telemetry.prometheus import DURATION_BUCKETS_S, BucketCounts, histogram_family
+from corral_telemetry.prometheus import (DURATION_BUCKETS_S, OUTCOME_LABELS, BucketCounts, histogram_family,
+                                         outcome_counter_family)
 from corral_telemetry.tracing import RecordedSpan, Tracing, configure_tracing, span_context_from_carrier
 
 if TYPE_CHECKING:
@@ -51,8 +52,6 @@ ENV_TRACE_FILE = "CORRAL_TRACE_FILE"
 
 ERROR_OUTCOMES = frozenset({task_pb2.ATTEMPT_OUTCOME_FAILED, task_pb2.ATTEMPT_OUTCOME_TIMED_OUT})
 ATTEMPT_SPAN = "corral.attempt"
-OUTCOME_LABELS = {v.number: v.name.removeprefix("ATTEMPT_OUTCOME_").lower()
-                  for v in task_pb2.AttemptOutcome.DESCRIPTOR.values}
 
 
 class _TypeStats:
@@ -170,14 +169,9 @@ class ActorTelemetry:
         yield CounterMetricFamily("corral_actor_attempts_started", "Attempts started (leases run).",
                                   value=s.attempts_started)
         by_type = sorted(list(self.by_type.items()))
-        finished = CounterMetricFamily("corral_actor_attempts_finished",
-                                       "Attempts finished, by task type and outcome (as the actor saw it).",
-                                       labels=["task_type", "outcome"])
-        for task_type, stats in by_type:
-            for outcome, n in enumerate(list(stats.outcomes)):
-                if n:
-                    finished.add_metric([task_type, OUTCOME_LABELS.get(outcome, str(outcome))], n)
-        yield finished
+        yield outcome_counter_family("corral_actor_attempts_finished",
+                                     "Attempts finished, by task type and outcome (as the actor saw it).",
+                                     ((t, list(stats.outcomes)) for t, stats in by_type))
         yield GaugeMetricFamily("corral_actor_running_attempts", "Attempts running now.", value=s.running_count)
         yield GaugeMetricFamily("corral_actor_slots", "Attempts this actor runs at once.", value=s.slots)
         yield GaugeMetricFamily("corral_actor_connected", "1 while the stream to the coordinator is up.",

@@ -17,8 +17,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
+
+from corral.v1 import task_pb2
 
 # Bucket upper bounds (inclusive, Prometheus `le`).
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -84,6 +86,22 @@ class MsBucketCounts(BucketCounts):
     def snapshot(self) -> tuple[list[tuple[str, int]], float, int]:
         buckets, _, count = super().snapshot()
         return buckets, self.sum_ms / 1000.0, count
+
+
+# Label values of `outcome` for every AttemptOutcome number ("succeeded", "lost", ...).
+OUTCOME_LABELS = {v.number: v.name.removeprefix("ATTEMPT_OUTCOME_").lower()
+                  for v in task_pb2.AttemptOutcome.DESCRIPTOR.values}
+
+
+def outcome_counter_family(name: str, documentation: str,
+                           outcomes_by_type: Iterable[tuple[str, Sequence[int]]]) -> CounterMetricFamily:
+    """A counter labelled (task_type, outcome) from per-type counts indexed by outcome number."""
+    family = CounterMetricFamily(name, documentation, labels=["task_type", "outcome"])
+    for task_type, outcomes in outcomes_by_type:
+        for outcome, n in enumerate(outcomes):
+            if n:
+                family.add_metric([task_type, OUTCOME_LABELS.get(outcome, str(outcome))], n)
+    return family
 
 
 def histogram_family(name: str, documentation: str, labelnames: Sequence[str],

@@ -36,17 +36,15 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from corral.v1 import task_pb2
-from corral_telemetry.prometheus import (COMMIT_BUCKETS_S, DURATION_BUCKETS_S, LATENCY_BUCKETS_S, SIZE_BUCKETS,
-                                         BucketCounts, MsBucketCounts, histogram_family)
+from corral_telemetry.prometheus import (COMMIT_BUCKETS_S, DURATION_BUCKETS_S, LATENCY_BUCKETS_S, OUTCOME_LABELS,
+                                         SIZE_BUCKETS, BucketCounts, MsBucketCounts, histogram_family,
+                                         outcome_counter_family)
 
 from ..core.states import READY, State
 
 if TYPE_CHECKING:
     from ..dispatch.loop import DispatchLoop
 
-OUTCOME_LABELS = {v.number: v.name.removeprefix("ATTEMPT_OUTCOME_").lower()
-                  for v in task_pb2.AttemptOutcome.DESCRIPTOR.values}
 STATE_LABELS = {int(s): s.name.lower() for s in State}
 # Beyond this many ready-queue entries, the split of the (exact) READY total by task type is
 # estimated from the queue lengths instead of checked entry by entry (see queue_depths).
@@ -193,13 +191,8 @@ class CoordinatorCollector:
                                 value=len(fleet.leases))
 
         by_type = sorted(list(m.by_type.items()))
-        attempts = CounterMetricFamily("corral_attempts", "Attempts ended, by task type and outcome.",
-                                       labels=["task_type", "outcome"])
-        for task_type, stats in by_type:
-            for outcome, n in enumerate(list(stats.outcomes)):
-                if n:
-                    attempts.add_metric([task_type, OUTCOME_LABELS.get(outcome, str(outcome))], n)
-        yield attempts
+        yield outcome_counter_family("corral_attempts", "Attempts ended, by task type and outcome.",
+                                     ((t, list(stats.outcomes)) for t, stats in by_type))
         yield CounterMetricFamily("corral_lease_expiries", "Leases that expired (no heartbeat for the lease TTL).",
                                   value=loop.lease_expiries)
         yield CounterMetricFamily("corral_stale_results_rejected",
