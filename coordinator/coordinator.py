@@ -101,10 +101,9 @@ class Coordinator:
         self.loop = DispatchLoop(
             self.wal, projection, fleet, coordinator_id=config.effective_coordinator_id,
             heartbeat_interval_ms=config.heartbeat_interval_ms, max_queued_commands=config.max_queued_commands,
-            max_queued_events=config.max_queued_events,
+            max_queued_events=config.max_queued_events, max_actors=config.max_actors,
             clock=self.clock, metrics=metrics,
             admission=Admission(config.max_queued_tasks, config.rate_limit_map, int(time.monotonic() * 1000)))
-        self.loop.max_actors = config.max_actors
         restored = self.loop.restore_leases()
         tune_gc()
         log.info("replayed %d WAL records (%d tasks, %d running attempts kept for re-adoption) in %.3f s",

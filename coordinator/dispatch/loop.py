@@ -89,9 +89,6 @@ class Step:
 
 
 class DispatchLoop:
-    # Actors connected at once (--max-actors); set by the coordinator after construction.
-    max_actors: int = 0  # 0: no limit
-
     def __init__(
         self,
         wal: WriteAheadLog,
@@ -102,6 +99,7 @@ class DispatchLoop:
         heartbeat_interval_ms: int,
         max_queued_commands: int = 100_000,
         max_queued_events: int = DEFAULT_MAX_QUEUED_EVENTS,
+        max_actors: int = 0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
@@ -114,6 +112,7 @@ class DispatchLoop:
         self.coordinator_id = coordinator_id
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.max_queued_commands = max_queued_commands
+        self.max_actors = max_actors  # actors connected at once (--max-actors); 0: no limit
         self.clock = clock
         self.monotonic = monotonic
         self.rand = rand
@@ -329,13 +328,9 @@ class DispatchLoop:
         step.ended.append(task_id)
 
     def _push_cancel(self, task_id: str, attempt: int, token: int, reason: int, message: str, step: Step) -> None:
+        # Every RUNNING attempt has a lease in the fleet (granted, or restored after a restart).
         lease = self.fleet.leases.get(task_id)
-        actor_key = lease.actor_key if lease is not None else None
-        if actor_key is None:
-            task = self.projection.tasks.get(task_id)
-            a = task.current_attempt if task is not None else None
-            actor_key = (a.actor_id, a.actor_incarnation) if a is not None else None
-        actor = self.fleet.actors.get(actor_key) if actor_key else None
+        actor = self.fleet.actors.get(lease.actor_key) if lease is not None else None
         if actor is not None:
             cancel = step.message_for(actor.session).cancels.add(reason=reason, message=message)
             cancel.lease.task_id = task_id
@@ -396,26 +391,18 @@ class DispatchLoop:
         # The global bound on queued tasks (core/admission.py): refused before anything is written.
         self.admission.check_queued(self.projection, len(plan),
                                     lambda: sum(1 for _, existing in plan if existing is None))
-        # Phase 2: write.
-        results = []
-        if write_order is not None:
-            results_at: dict[int, tuple] = {}
-            for i in write_order:
-                self._write_submission(plan[i][0], plan[i][1], now, step, results)
-                results_at[i] = results.pop()
-            results = [results_at[i] for i in range(len(plan))]
-        else:
-            for spec, existing_id in plan:
-                self._write_submission(spec, existing_id, now, step, results)
+        # Phase 2: write (prerequisites first); results stay in request order.
+        results: list = [None] * len(plan)
+        for i in (write_order if write_order is not None else range(len(plan))):
+            results[i] = self._write_submission(plan[i][0], plan[i][1], now, step)
         step.replies.append((cmd.reply, results))
 
-    def _write_submission(self, spec: task_pb2.TaskSpec, existing_id: str | None, now: int, step: Step,
-                          results: list) -> None:
-        """Phase 2 of a submission, for one spec: its records, and its result appended to `results`."""
+    def _write_submission(self, spec: task_pb2.TaskSpec, existing_id: str | None, now: int,
+                          step: Step) -> tuple[str, bool, int]:
+        """Phase 2 of a submission, for one spec: its records; returns (task_id, created, state)."""
         tasks = self.projection.tasks
         if existing_id is not None:  # existed before, or earlier in this batch (written above)
-            results.append((existing_id, False, tasks[existing_id].state))
-            return
+            return existing_id, False, tasks[existing_id].state
         ready_at = to_ms(spec.not_before) if spec.HasField("not_before") else now
         state = State.SCHEDULED if ready_at > now else State.READY
         doomed = None
@@ -436,7 +423,7 @@ class DispatchLoop:
             # A prerequisite already FAILED or was CANCELED: accepted, and canceled at once.
             self._emit(graph.canceled_record(spec.task_id, tasks[doomed]), spec.task_id, step)
             state = tasks[spec.task_id].state
-        results.append((spec.task_id, True, state))
+        return spec.task_id, True, state
 
     def _on_declare_dependency(self, cmd: C.DeclareDependency, step: Step) -> None:
         """TaskService.DeclareDependency: add prerequisites to a task that has not started."""
@@ -742,8 +729,8 @@ class DispatchLoop:
             if trace_context:
                 # The attempt's span on the actor is a child of the task's submission span.
                 lease_context = lease.trace_context
-                for key in trace_context:  # per key: half the cost of .update()
-                    lease_context[key] = trace_context[key]
+                for name in trace_context:  # per key: half the cost of .update()
+                    lease_context[name] = trace_context[name]
 
     _handlers: dict[type, Callable[["DispatchLoop", Any, Step], None]] = {
         C.SubmitTasks: _on_submit,
