@@ -18,7 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import heapq
-from typing import Callable, Iterable
+from typing import Callable
 
 from corral.v1 import task_pb2, wal_pb2
 

@@ -27,7 +27,7 @@ EXPIRY_COMPACT_SLACK = 4096
 
 class ConnectedActor:
     __slots__ = ("key", "identity", "slots", "task_types", "capabilities", "held", "connected_ms",
-                 "session", "last_grant_order", "suspect", "draining")
+                 "session", "suspect", "draining")
 
     def __init__(self, identity: task_pb2.ExecutorIdentity, connected_ms: int, session: Any) -> None:
         self.key: ActorKey = (identity.actor_id, identity.incarnation)
@@ -39,7 +39,6 @@ class ConnectedActor:
         self.connected_ms = connected_ms
         # Opaque to the core: the dispatch layer's handle for sending to this actor.
         self.session = session
-        self.last_grant_order = 0
         # A lease of this actor expired while it stayed connected (stalled event loop, overload):
         # grant it nothing until it speaks again, so the re-dispatch goes to someone else.
         self.suspect = False

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from corral.v1 import task_pb2, wal_pb2
 

@@ -13,7 +13,7 @@ import grpc
 
 from corral.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
 
-from ..core.errors import CorralError, InvalidField, Unavailable
+from ..core.errors import CorralError, InvalidField
 from ..core.events import EventFilter
 from ..core.graph import MAX_PREREQUISITES
 from ..core.spec import TASK_ID_RE, SpecLimits, normalize_spec
