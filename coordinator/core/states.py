@@ -39,8 +39,9 @@ TERMINAL_STATES: frozenset[State] = frozenset({State.SUCCEEDED, State.FAILED, St
 
 # from-state -> the states it may move to. Terminal states move nowhere.
 TRANSITIONS: dict[State, frozenset[State]] = {
-    # not_before reached; canceled while waiting; prerequisites declared (DeclareDependency).
-    State.SCHEDULED: frozenset({State.READY, State.CANCELED, State.WAITING_FOR_DEPENDENCIES}),
+    # not_before reached; canceled while waiting; prerequisites declared (DeclareDependency);
+    # total (schedule-to-close) timeout, as from every non-terminal state.
+    State.SCHEDULED: frozenset({State.READY, State.CANCELED, State.WAITING_FOR_DEPENDENCIES, State.FAILED}),
     # leased; canceled; schedule-to-start timeout; prerequisites declared before its first attempt.
     State.READY: frozenset({State.RUNNING, State.CANCELED, State.FAILED, State.WAITING_FOR_DEPENDENCIES}),
     # outcome or lease expiry: done, retry now (lost attempt), retry later, give up; the handler
@@ -50,10 +51,10 @@ TRANSITIONS: dict[State, frozenset[State]] = {
          State.WAITING_FOR_CHILDREN}
     ),
     # backoff over; canceled while waiting.
-    State.RETRY_WAIT: frozenset({State.READY, State.CANCELED}),
+    State.RETRY_WAIT: frozenset({State.READY, State.CANCELED, State.FAILED}),
     # every prerequisite SUCCEEDED (SCHEDULED if its not_before is ahead); a prerequisite failed
     # or was canceled, or the task was canceled.
-    State.WAITING_FOR_DEPENDENCIES: frozenset({State.READY, State.SCHEDULED, State.CANCELED}),
+    State.WAITING_FOR_DEPENDENCIES: frozenset({State.READY, State.SCHEDULED, State.CANCELED, State.FAILED}),
     # the last child finished; a child that may not fail failed; canceled; total timeout.
     State.WAITING_FOR_CHILDREN: frozenset({State.SUCCEEDED, State.FAILED, State.CANCELED}),
     State.SUCCEEDED: frozenset(),
