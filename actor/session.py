@@ -170,6 +170,9 @@ class ActorSession:
         self._outbox: list[actor_service_pb2.AttemptResult] = []
         self._draining_announced = False
         self._heartbeat_due = False
+        # Answer a lease-lost cancel with a message: the coordinator stops granting to an actor
+        # whose lease expired while it stayed connected ("suspect") until it hears from it again.
+        self._alive_due = False
         self._online = False  # welcomed on the current stream
         self._draining = False
         self._closing = False
@@ -513,7 +516,8 @@ class ActorSession:
         wake = self._wake
         while True:
             announce = self._draining and not self._draining_announced
-            if not self._outbox and not self._heartbeat_due and not announce and not self.children.has_outgoing:
+            if (not self._outbox and not self._heartbeat_due and not announce and not self._alive_due
+                    and not self.children.has_outgoing):
                 if self._closing:
                     await call.done_writing()
                     return
@@ -532,8 +536,9 @@ class ActorSession:
                     req.heartbeats.extend(r.lease.ref for r in self._running.values())
             if self.children.has_outgoing:
                 self.children.fill(req)
+            alive, self._alive_due = self._alive_due, False
             if not req.results and not req.heartbeats and not req.draining and not (
-                    req.child_submissions or req.child_waits):
+                    req.child_submissions or req.child_waits) and not alive:
                 continue
             await call.write(req)
             self.messages_sent += 1
@@ -625,6 +630,9 @@ class ActorSession:
         key = lease_key(cancel.lease)
         reason = cancel.reason
         if reason == actor_service_pb2.CANCEL_REASON_LEASE_LOST:
+            if self._online:  # we are alive after all: say so, so leases come our way again
+                self._alive_due = True
+                self._wake.set()
             runner = self._running.get(key)
             if runner is not None:
                 self._orphan(runner, cancel.message or "lease lost", CancelCause.LEASE_LOST)

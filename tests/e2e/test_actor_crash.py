@@ -142,3 +142,24 @@ def test_superseded_incarnation_cannot_take_its_actor_id_back(cluster):
     finally:
         for actor in actors:
             actor.close()
+
+
+def test_stalled_actor_gets_work_again_once_it_answers(cluster):
+    """An actor frozen past the lease TTL (SIGSTOP) loses its attempt and is 'suspect' (no grants
+    while it may still be stalled); once it runs again it answers the lease-lost cancel, and the
+    task, with no other actor around, comes back to it and succeeds."""
+    import signal
+
+    actor = cluster.start_actor("stall", slots=1)
+    task_id = cluster.submit("sleep", {"seconds": 1.0})
+    cluster.wait_state(task_id, RUNNING, timeout_s=10)
+    actor.send_signal(signal.SIGSTOP)
+    try:
+        lost = wait_for(lambda: (t := cluster.get(task_id)).attempts[0].outcome == LOST and t,
+                        15, "the frozen actor's attempt to be lost")
+        assert lost.state == task_pb2.TASK_STATE_READY
+    finally:
+        actor.send_signal(signal.SIGCONT)
+    done = cluster.wait_state(task_id, timeout_s=20)
+    assert done.state == task_pb2.TASK_STATE_SUCCEEDED, done
+    assert [a.actor_id for a in done.attempts] == ["stall", "stall"]
