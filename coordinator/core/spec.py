@@ -55,6 +55,9 @@ def _duration_ms(field: str, d, *, allow_zero: bool) -> int:
 
 def normalize_spec(spec: task_pb2.TaskSpec, field: str, limits: SpecLimits, now_ms: int) -> None:
     """Validate `spec` in place and fill its defaults. `field` is the path prefix for errors."""
+    if spec.schedule_id or spec.HasField("scheduled_for"):  # schedules (core/schedules.py) set these
+        name = "schedule_id" if spec.schedule_id else "scheduled_for"
+        raise InvalidField(f"{field}.{name}", "is set by the coordinator on tasks a schedule creates; leave it empty")
     if spec.task_id and not TASK_ID_RE.fullmatch(spec.task_id):
         raise InvalidField(f"{field}.task_id", "must be 1-128 characters of [A-Za-z0-9._:-]")
     if not spec.type:

@@ -46,6 +46,7 @@ from ..core.views import task_view
 from ..storage.wal import HIGHEST_TOKEN_KEY, WriteAheadLog
 from . import commands as C
 from . import operations
+from . import schedules as schedule_ops
 from .actor_link import ActorLink
 from .event_hub import DEFAULT_MAX_QUEUED_EVENTS, EventHub
 
@@ -134,6 +135,9 @@ class DispatchLoop:
         self.events = EventHub(max_queued_events)
         # Queued-task bound and per-type rate limits (core/admission.py); defaults: no rate limits.
         self.admission = admission if admission is not None else Admission()
+        # Schedules (dispatch/schedules.py): occurrences due before this moment were missed while
+        # no coordinator ran (their misfire policy decides); later ones are always created.
+        self.started_ms = self.now_ms()
 
     # ---- the servicers' side -----------------------------------------------------------------
 
@@ -247,6 +251,10 @@ class DispatchLoop:
         expiry = self.fleet.next_expiry_ms()
         if expiry is not None:
             waits.append(expiry - self.lease_ms())
+        if self.projection.schedules:
+            occurrence = schedule_ops.next_due_ms(self)
+            if occurrence is not None:
+                waits.append(occurrence - self.now_ms())
         if self.admission.rate_limited:  # an empty bucket refills: READY tasks may be held back
             token = self.admission.next_token_ms(self.lease_ms())
             if token is not None:
@@ -267,6 +275,8 @@ class DispatchLoop:
                     reply.set_exception(exc)
         self._expire_leases(step)
         self._fire_timers(step)
+        if self.projection.schedules and not self.drain.draining:  # due occurrences create tasks
+            schedule_ops.fire_due(self, step)
         if not (self.projection.paused or self.drain.draining):  # Pause, Drain: no new leases
             self._grant(step)
         commit_s = 0.0
@@ -445,6 +455,7 @@ class DispatchLoop:
         req = cmd.request
         states = frozenset(req.states)
         task_type = req.type
+        schedule_id = req.schedule_id
         page: list = []
         last_ordinal = 0
         more = False
@@ -454,6 +465,8 @@ class DispatchLoop:
             if states and task.state not in states:
                 continue
             if task_type and task.type != task_type:
+                continue
+            if schedule_id and task.spec.schedule_id != schedule_id:
                 continue
             if len(page) == cmd.page_size:
                 more = True
@@ -745,6 +758,7 @@ class DispatchLoop:
         C.ActorUpdate: _on_actor_update,
         C.ActorGone: _on_actor_gone,
         **operations.HANDLERS,  # Pause, Resume, Drain, WatchEvents
+        **schedule_ops.HANDLERS,  # Create/Get/List/Pause/Resume/DeleteSchedule
     }
 
 
