@@ -4,7 +4,7 @@ Owns: every mutation of the projection and the fleet, and the order of effects. 
 runs steps; a step is
 
     take every queued command  ->  check each against the state, emitting WAL records
-    expire leases, fire timers  ->  more records
+    expire leases, fire timers, fire due schedule occurrences (dispatch/schedules.py)  ->  more records
     select ready tasks for actors with free slots  ->  LeaseGranted records (not if paused/draining)
     append all of the step's records in ONE LMDB transaction (one fsync: group commit)
     then, and only then: resolve replies, send leases/acks/cancels, notify watchers and
