@@ -390,6 +390,8 @@ def _mutations():
         m("concurrency_policy", lambda s: setattr(s, "concurrency_policy", task_pb2.CONCURRENCY_POLICY_DROP_NEW)),
         m("hold_key_during_retry", lambda s: setattr(s, "hold_key_during_retry", True)),
         m("depends_on", lambda s: s.depends_on.append("prereq-2")),
+        m("schedule_id", lambda s: setattr(s, "schedule_id", "sched-2")),
+        m("scheduled_for", lambda s: s.scheduled_for.FromMilliseconds(T0 + 2_001)),
     ]
 
 
