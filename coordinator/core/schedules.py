@@ -31,6 +31,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+# What evaluating a stored timing may raise (an unknown zone, an expression a library version refuses).
+TIMING_ERRORS = (CronSimError, ZoneInfoNotFoundError, ValueError)
+
 from corral.v1 import schedule_pb2, task_pb2
 
 from .durations import set_ms, to_ms

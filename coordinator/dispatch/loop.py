@@ -135,9 +135,10 @@ class DispatchLoop:
         self.events = EventHub(max_queued_events)
         # Queued-task bound and per-type rate limits (core/admission.py); defaults: no rate limits.
         self.admission = admission if admission is not None else Admission()
-        # Schedules (dispatch/schedules.py): occurrences due before this moment were missed while
+        # Schedules (dispatch/schedules.py): occurrences due before `started_ms` were missed while
         # no coordinator ran (their misfire policy decides); later ones are always created.
-        self.started_ms = self.now_ms()
+        self.started_ms = 0
+        schedule_ops.on_start(self)
 
     # ---- the servicers' side -----------------------------------------------------------------
 

@@ -70,11 +70,29 @@ def fire_due(loop: "DispatchLoop", step: "Step") -> None:
         fire(loop, book.schedules[schedule_id], step)
 
 
+def on_start(loop: "DispatchLoop") -> None:
+    """When the loop is built (after replay, or a restored snapshot): occurrences due before now
+    were missed while no coordinator ran; the index of next occurrences is rebuilt from the
+    schedules' messages (whatever filled them)."""
+    loop.started_ms = loop.now_ms()
+    loop.projection.schedule_book.rebuild_index()
+
+
 def fire(loop: "DispatchLoop", schedule: schedule_pb2.Schedule, step: "Step") -> None:
     now = step.now_ms
     spec = schedule.spec
     schedule_id = spec.schedule_id
-    plan = S.plan_firing(S.timing_of(schedule), spec, to_ms(schedule.next_occurrence), now, loop.started_ms)
+    try:
+        plan = S.plan_firing(S.timing_of(schedule), spec, to_ms(schedule.next_occurrence), now, loop.started_ms)
+    except S.TIMING_ERRORS as exc:
+        # E.g. a time zone this machine's zone database does not know (validated at creation,
+        # elsewhere): pause it with the reason rather than fail the loop or retry at every step.
+        log.error("schedule %s cannot be evaluated (%s): pausing it", schedule_id, exc)
+        record = wal_pb2.WalRecord()
+        record.schedule_paused.schedule_id = schedule_id
+        record.schedule_paused.reason = f"paused by the coordinator: its timing cannot be evaluated here: {exc}"[:1024]
+        loop._emit(record, "", step)
+        return
     tasks = loop.projection.tasks
     limit = loop.admission.max_queued_tasks
     room = limit - queued_tasks(loop.projection) if limit else len(plan.create)

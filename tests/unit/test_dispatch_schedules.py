@@ -324,3 +324,22 @@ async def test_records_of_one_firing_share_one_commit(tmp_path):
     assert list(fired.created_occurrences_unix_ms) == [T0 + 1_000, T0 + 2_000, T0 + 3_000]
     assert list(fired.task_ids) == [r.task_submitted.task_id for r in records[2:]]
     h.close()
+
+
+@sync
+async def test_a_timing_this_machine_cannot_evaluate_pauses_the_schedule(tmp_path):
+    """Validated at creation, but e.g. restored on a machine whose zone database lacks the zone:
+    the schedule is paused with the reason; the loop goes on."""
+    h = Harness(tmp_path, Clock(T0))
+    spec = schedule_pb2.ScheduleSpec(schedule_id="z", cron=schedule_pb2.CronTiming(
+        expression="* * * * *", time_zone="Europe/Berlin"), task=task_pb2.TaskSpec(type="t"))
+    await h.create(spec)
+    await h.create(every(1))
+    h.projection.schedules["z"].spec.cron.time_zone = "Nowhere/Gone"  # as if read elsewhere
+    await h.step(T0 + 60_000)
+    z = await h.schedule("z")
+    assert z.state == schedule_pb2.SCHEDULE_STATE_PAUSED
+    assert "Nowhere/Gone" in z.pause_reason
+    assert len(await h.tasks_of("s")) == 60  # the other schedule fired (60 occurrences due)
+    assert h.loop.fatal_error is None
+    h.close()
