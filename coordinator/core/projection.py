@@ -87,7 +87,6 @@ class Projection:
         # Schedules (core/schedule_book.py): one corral.v1.Schedule message per schedule holds all
         # of its durable state; the book also keeps the index of next occurrences for the loop.
         self.schedule_book = ScheduleBook()
-        self.schedules = self.schedule_book.schedules
         for kind, apply_schedule in self.schedule_book.appliers().items():
             self._appliers[kind] = _corrupt_on_bad_schedule(apply_schedule)
         # AdminService Pause/Resume: while paused the loop grants no lease (durable, so it
@@ -319,6 +318,16 @@ class Projection:
     def _apply_dispatch_resumed(self, ev: wal_pb2.DispatchResumed, now_ms: int) -> None:
         self.paused = False
         self.pause_reason = ""
+
+    @property
+    def schedules(self) -> dict:
+        """Schedule id -> corral.v1.Schedule: everything durable about each schedule."""
+        return self.schedule_book.schedules
+
+    @schedules.setter
+    def schedules(self, value: dict) -> None:  # e.g. restored from a snapshot: re-index
+        self.schedule_book.schedules = value
+        self.schedule_book.rebuild_index()
 
     # ---- queries used by the decisions ------------------------------------------------------
 

@@ -368,6 +368,10 @@ def test_rebuilt_index_matches_the_live_one():
     rebuilt.schedules.update(p.schedules)
     rebuilt.rebuild_index()
     assert [rebuilt.pop_due(t) for t in range(T0, T0 + 5001, 250)] == live
+    # Assigning the schedules (a snapshot's) re-indexes them.
+    restored = Projection()
+    restored.schedules = {k: v for k, v in p.schedules.items()}
+    assert [restored.schedule_book.pop_due(t) for t in range(T0, T0 + 5001, 250)] == live
 
 
 def test_schedule_records_that_cannot_apply_are_corrupt():
