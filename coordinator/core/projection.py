@@ -2,7 +2,8 @@
 
 Owns: tasks, the idempotency index, the ready queues, the durable timers (promotion, schedule-to-
 start, attempt deadlines), the fencing-token high-water mark, the identities actors introduced,
-and whether dispatch is paused (AdminService Pause/Resume).
+whether dispatch is paused (AdminService Pause/Resume), and the schedules (`schedules`, kept by
+core/schedule_book.py: one corral.v1.Schedule message each, plus an index of next occurrences).
 
 Invariants:
 - `apply` is the only writer. The live dispatch loop applies exactly the records it commits, and
@@ -38,6 +39,7 @@ from corral.v1 import task_pb2, wal_pb2
 from .concurrency import ConcurrencyIndex
 from .durations import to_ms
 from .model import AttemptRecord, TaskRecord
+from .schedule_book import BadScheduleRecord, ScheduleBook
 from .states import READY, SUCCEEDED, WAITING, WAITING_FOR_CHILDREN, State, check_transition, is_terminal
 
 # Durable timer kinds.
@@ -92,6 +94,11 @@ class Projection:
             "dispatch_resumed": self._apply_dispatch_resumed,
             "dependency_declared": self._apply_dependency_declared,
         }
+        # Schedules (core/schedule_book.py): one corral.v1.Schedule message per schedule holds all
+        # of its durable state; the book also keeps the index of next occurrences for the loop.
+        self.schedule_book = ScheduleBook()
+        for kind, apply_schedule in self.schedule_book.appliers().items():
+            self._appliers[kind] = _corrupt_on_bad_schedule(apply_schedule)
         # AdminService Pause/Resume: while paused the loop grants no lease (durable, so it
         # outlives a restart). Nothing else changes: timers fire, attempts end, tasks are accepted.
         self.paused = False
@@ -368,6 +375,16 @@ class Projection:
         self.paused = False
         self.pause_reason = ""
 
+    @property
+    def schedules(self) -> dict:
+        """Schedule id -> corral.v1.Schedule: everything durable about each schedule."""
+        return self.schedule_book.schedules
+
+    @schedules.setter
+    def schedules(self, value: dict) -> None:  # e.g. restored from a snapshot: re-index
+        self.schedule_book.schedules = value
+        self.schedule_book.rebuild_index()
+
     # ---- queries used by the decisions ------------------------------------------------------
 
     def pop_due_timers(self, now_ms: int) -> list[tuple[int, str, int]]:
@@ -407,4 +424,15 @@ class Projection:
             h.update(self.actors_seen[actor_id].SerializeToString(deterministic=True))
         if self.paused:
             h.update(repr(("paused", self.pause_reason)).encode())
+        if self.schedules:
+            h.update(self.schedule_book.digest())
         return h.hexdigest()
+
+
+def _corrupt_on_bad_schedule(apply_schedule):
+    def apply(ev, now_ms: int) -> None:
+        try:
+            apply_schedule(ev, now_ms)
+        except BadScheduleRecord as exc:
+            raise CorruptProjection(str(exc)) from None
+    return apply

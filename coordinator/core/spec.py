@@ -59,6 +59,9 @@ def normalize_spec(spec: task_pb2.TaskSpec, field: str, limits: SpecLimits, now_
 
     `child`: the spec comes from a running handler (ActorService child submission): child_key is
     required and the child fields are allowed; from a client they are refused."""
+    if spec.schedule_id or spec.HasField("scheduled_for"):  # schedules (core/schedules.py) set these
+        name = "schedule_id" if spec.schedule_id else "scheduled_for"
+        raise InvalidField(f"{field}.{name}", "is set by the coordinator on tasks a schedule creates; leave it empty")
     if spec.task_id and not TASK_ID_RE.fullmatch(spec.task_id):
         raise InvalidField(f"{field}.task_id", "must be 1-128 characters of [A-Za-z0-9._:-]")
     if not spec.type:

@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.v1 import actor_service_pb2, task_pb2, task_service_pb2
+from corral.v1 import actor_service_pb2, schedule_pb2, task_pb2, task_service_pb2
 
 
 @dataclass(slots=True)
@@ -117,3 +117,43 @@ class WatchEvents:
 @dataclass(slots=True)
 class UnwatchEvents:
     subscriber: Any
+
+
+# ---- schedules (dispatch/schedules.py) -----------------------------------------------------------
+
+@dataclass(slots=True)
+class CreateSchedule:
+    spec: schedule_pb2.ScheduleSpec  # normalised by the servicer (core/schedules.py)
+    reply: asyncio.Future
+
+
+@dataclass(slots=True)
+class GetSchedule:
+    schedule_id: str
+    reply: asyncio.Future
+
+
+@dataclass(slots=True)
+class ListSchedules:
+    after_id: str  # from the page token: schedules with a greater id
+    page_size: int
+    reply: asyncio.Future
+
+
+@dataclass(slots=True)
+class PauseSchedule:
+    schedule_id: str
+    reason: str
+    reply: asyncio.Future
+
+
+@dataclass(slots=True)
+class ResumeSchedule:
+    schedule_id: str
+    reply: asyncio.Future
+
+
+@dataclass(slots=True)
+class DeleteSchedule:
+    schedule_id: str
+    reply: asyncio.Future

@@ -4,7 +4,7 @@ Owns: every mutation of the projection and the fleet, and the order of effects. 
 runs steps; a step is
 
     take every queued command  ->  check each against the state, emitting WAL records
-    expire leases, fire timers  ->  more records
+    expire leases, fire timers, fire due schedule occurrences (dispatch/schedules.py)  ->  more records
     select ready tasks for actors with free slots  ->  LeaseGranted records (not if paused/draining)
     append all of the step's records in ONE LMDB transaction (one fsync: group commit)
     then, and only then: resolve replies, send leases/acks/cancels, notify watchers and
@@ -47,6 +47,7 @@ from ..core.views import task_view
 from ..storage.wal import HIGHEST_TOKEN_KEY, WriteAheadLog
 from . import commands as C
 from . import operations
+from . import schedules as schedule_ops
 from .actor_link import ActorLink
 from .event_hub import DEFAULT_MAX_QUEUED_EVENTS, EventHub
 
@@ -140,6 +141,10 @@ class DispatchLoop:
         # child to end (child id -> [(actor stream, parent lease)]; volatile: actors re-send them).
         self.max_task_depth = max_task_depth
         self._child_waits: dict[str, list[tuple[ActorLink, actor_service_pb2.LeaseRef]]] = {}
+        # Schedules (dispatch/schedules.py): occurrences due before `started_ms` were missed while
+        # no coordinator ran (their misfire policy decides); later ones are always created.
+        self.started_ms = 0
+        schedule_ops.on_start(self)
 
     # ---- the servicers' side -----------------------------------------------------------------
 
@@ -253,6 +258,10 @@ class DispatchLoop:
         expiry = self.fleet.next_expiry_ms()
         if expiry is not None:
             waits.append(expiry - self.lease_ms())
+        if self.projection.schedules:
+            occurrence = schedule_ops.next_due_ms(self)
+            if occurrence is not None:
+                waits.append(occurrence - self.now_ms())
         if self.admission.rate_limited:  # an empty bucket refills: READY tasks may be held back
             token = self.admission.next_token_ms(self.lease_ms())
             if token is not None:
@@ -273,6 +282,8 @@ class DispatchLoop:
                     reply.set_exception(exc)
         self._expire_leases(step)
         self._fire_timers(step)
+        if self.projection.schedules and not self.drain.draining:  # due occurrences create tasks
+            schedule_ops.fire_due(self, step)
         if not (self.projection.paused or self.drain.draining):  # Pause, Drain: no new leases
             self._grant(step)
         commit_s = 0.0
@@ -498,6 +509,7 @@ class DispatchLoop:
         req = cmd.request
         states = frozenset(req.states)
         task_type = req.type
+        schedule_id = req.schedule_id
         page: list = []
         last_ordinal = 0
         more = False
@@ -514,6 +526,8 @@ class DispatchLoop:
             if states and task.state not in states:
                 continue
             if task_type and task.type != task_type:
+                continue
+            if schedule_id and task.spec.schedule_id != schedule_id:
                 continue
             if len(page) == cmd.page_size:
                 more = True
@@ -870,6 +884,7 @@ class DispatchLoop:
         C.ActorUpdate: _on_actor_update,
         C.ActorGone: _on_actor_gone,
         **operations.HANDLERS,  # Pause, Resume, Drain, WatchEvents
+        **schedule_ops.HANDLERS,  # Create/Get/List/Pause/Resume/DeleteSchedule
     }
 
 

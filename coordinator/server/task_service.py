@@ -22,6 +22,7 @@ from ..dispatch import commands as C
 from ..dispatch.event_hub import StreamEnd, Subscriber
 from ..dispatch.loop import DispatchLoop
 from ..telemetry.tracing import SubmissionTracing
+from .schedule_rpcs import ScheduleRpcs, require_schedule_id
 from .status import abort
 
 MAX_TASKS_PER_BATCH = 10_000
@@ -54,7 +55,9 @@ def decode_page_token(token: str) -> int:
         raise InvalidField("page_token", "is not a token returned by ListTasks") from None
 
 
-class TaskService(task_service_pb2_grpc.TaskServiceServicer):
+class TaskService(ScheduleRpcs, task_service_pb2_grpc.TaskServiceServicer):
+    """TaskService; the schedule RPCs come from ScheduleRpcs (server/schedule_rpcs.py)."""
+
     def __init__(self, loop: DispatchLoop, limits: SpecLimits, tracing: SubmissionTracing | None = None) -> None:
         self.loop = loop
         self.limits = limits
@@ -111,6 +114,8 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
                 raise InvalidField("page_size", f"must be between 0 and {MAX_PAGE_SIZE}, got {request.page_size}")
             if request.parent_task_id and not TASK_ID_RE.fullmatch(request.parent_task_id):
                 raise InvalidField("parent_task_id", "must be a task id (1-128 characters of [A-Za-z0-9._:-])")
+            if request.schedule_id:
+                require_schedule_id(request.schedule_id)
             after = decode_page_token(request.page_token)
             size = request.page_size or DEFAULT_PAGE_SIZE
             views, last = await self.loop.call(lambda f: C.ListTasks(request, after, size, f))

@@ -395,6 +395,8 @@ def _mutations():
         m("child_key", lambda s: setattr(s, "child_key", "k-2")),
         m("detached", lambda s: setattr(s, "detached", True)),
         m("allow_failure", lambda s: setattr(s, "allow_failure", True)),
+        m("schedule_id", lambda s: setattr(s, "schedule_id", "sched-2")),
+        m("scheduled_for", lambda s: s.scheduled_for.FromMilliseconds(T0 + 2_001)),
     ]
 
 

@@ -8,7 +8,7 @@ import zlib
 import pytest
 from google.protobuf import struct_pb2
 
-from corral.v1 import task_pb2, wal_pb2
+from corral.v1 import schedule_pb2, task_pb2, wal_pb2
 from coordinator.storage.codec import CorruptRecordError, decode_record, encode_record, key_seq, seq_key
 
 EVENT_SAMPLES: dict[str, wal_pb2.WalRecord] = {
@@ -72,6 +72,18 @@ EVENT_SAMPLES: dict[str, wal_pb2.WalRecord] = {
     "dispatch_resumed": wal_pb2.WalRecord(dispatch_resumed=wal_pb2.DispatchResumed(reason="done")),
     "dependency_declared": wal_pb2.WalRecord(dependency_declared=wal_pb2.DependencyDeclared(
         task_id="t-9", depends_on=["t-1", "t-2"])),
+    "schedule_created": wal_pb2.WalRecord(schedule_created=wal_pb2.ScheduleCreated(schedule=schedule_pb2.Schedule(
+        spec=schedule_pb2.ScheduleSpec(schedule_id="s", cron=schedule_pb2.CronTiming(
+            expression="0 3 * * *", time_zone="Europe/Berlin"), task=task_pb2.TaskSpec(type="resize")),
+        state=schedule_pb2.SCHEDULE_STATE_ACTIVE))),
+    "schedule_fired": wal_pb2.WalRecord(schedule_fired=wal_pb2.ScheduleFired(
+        schedule_id="s", created_occurrences_unix_ms=[1_700_000_000_000], task_ids=["s:2023-11-14T22:13:20.000Z"],
+        skipped=2, skip_reason="missed", last_occurrence_unix_ms=1_700_000_000_000,
+        next_occurrence_unix_ms=1_700_000_060_000)),
+    "schedule_paused": wal_pb2.WalRecord(schedule_paused=wal_pb2.SchedulePaused(schedule_id="s", reason="x")),
+    "schedule_resumed": wal_pb2.WalRecord(schedule_resumed=wal_pb2.ScheduleResumed(
+        schedule_id="s", next_occurrence_unix_ms=1_700_000_120_000)),
+    "schedule_deleted": wal_pb2.WalRecord(schedule_deleted=wal_pb2.ScheduleDeleted(schedule_id="s")),
 }
 
 

@@ -108,7 +108,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_attempts: _Optional[int] = ..., max_lost_attempts: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "type", "input", "input_bytes", "priority", "retry", "execution_timeout", "schedule_to_start_timeout", "not_before", "idempotency_key", "labels", "required_capabilities", "trace_context", "concurrency_key", "concurrency_limit", "concurrency_policy", "hold_key_during_retry", "depends_on", "schedule_to_close_timeout", "parent_task_id", "child_key", "detached", "allow_failure")
+    __slots__ = ("task_id", "type", "input", "input_bytes", "priority", "retry", "execution_timeout", "schedule_to_start_timeout", "not_before", "idempotency_key", "labels", "required_capabilities", "trace_context", "concurrency_key", "concurrency_limit", "concurrency_policy", "hold_key_during_retry", "depends_on", "schedule_to_close_timeout", "parent_task_id", "child_key", "detached", "allow_failure", "schedule_id", "scheduled_for")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +146,8 @@ class TaskSpec(_message.Message):
     CHILD_KEY_FIELD_NUMBER: _ClassVar[int]
     DETACHED_FIELD_NUMBER: _ClassVar[int]
     ALLOW_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_FOR_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     type: str
     input: _struct_pb2.Value
@@ -169,7 +171,9 @@ class TaskSpec(_message.Message):
     child_key: str
     detached: bool
     allow_failure: bool
-    def __init__(self, task_id: _Optional[str] = ..., type: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., input_bytes: _Optional[bytes] = ..., priority: _Optional[int] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., schedule_to_start_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., required_capabilities: _Optional[_Iterable[str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ..., concurrency_policy: _Optional[_Union[ConcurrencyPolicy, str]] = ..., hold_key_during_retry: _Optional[bool] = ..., depends_on: _Optional[_Iterable[str]] = ..., schedule_to_close_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., parent_task_id: _Optional[str] = ..., child_key: _Optional[str] = ..., detached: _Optional[bool] = ..., allow_failure: _Optional[bool] = ...) -> None: ...
+    schedule_id: str
+    scheduled_for: _timestamp_pb2.Timestamp
+    def __init__(self, task_id: _Optional[str] = ..., type: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., input_bytes: _Optional[bytes] = ..., priority: _Optional[int] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., schedule_to_start_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., required_capabilities: _Optional[_Iterable[str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ..., concurrency_policy: _Optional[_Union[ConcurrencyPolicy, str]] = ..., hold_key_during_retry: _Optional[bool] = ..., depends_on: _Optional[_Iterable[str]] = ..., schedule_to_close_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., parent_task_id: _Optional[str] = ..., child_key: _Optional[str] = ..., detached: _Optional[bool] = ..., allow_failure: _Optional[bool] = ..., schedule_id: _Optional[str] = ..., scheduled_for: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TaskError(_message.Message):
     __slots__ = ("message", "kind", "non_retryable")
