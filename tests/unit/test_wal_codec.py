@@ -72,6 +72,7 @@ EVENT_SAMPLES: dict[str, wal_pb2.WalRecord] = {
     "dispatch_resumed": wal_pb2.WalRecord(dispatch_resumed=wal_pb2.DispatchResumed(reason="done")),
     "dependency_declared": wal_pb2.WalRecord(dependency_declared=wal_pb2.DependencyDeclared(
         task_id="t-9", depends_on=["t-1", "t-2"])),
+    "tasks_forgotten": wal_pb2.WalRecord(tasks_forgotten=wal_pb2.TasksForgotten(task_ids=["t-1", "t-2"])),
 }
 
 
