@@ -4,7 +4,7 @@ Owns: every mutation of the projection and the fleet, and the order of effects. 
 runs steps; a step is
 
     take every queued command  ->  check each against the state, emitting WAL records
-    expire leases, fire timers  ->  more records
+    expire leases, fire timers, forget finished tasks past retention  ->  more records
     select ready tasks for actors with free slots  ->  LeaseGranted records (not if paused/draining)
     append all of the step's records in ONE LMDB transaction (one fsync: group commit)
     then, and only then: resolve replies, send leases/acks/cancels, notify watchers and
@@ -35,6 +35,7 @@ from corral.v1 import actor_service_pb2, admin_service_pb2, task_pb2, wal_pb2
 from ..core import admission as admission_mod
 from ..core import decisions
 from ..core import graph
+from ..core import retention
 from ..core.admission import Admission
 from ..core.durations import to_ms
 from ..core.errors import AlreadyExists, CorralError, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
@@ -53,6 +54,8 @@ log = logging.getLogger("corral.dispatch")
 WalRecord = wal_pb2.WalRecord
 # Steps with at most this many records commit on the loop's thread (see _step).
 INLINE_COMMIT_MAX_RECORDS = 32
+# Finished tasks past their retention are looked for at most this often (one record per sweep).
+RETENTION_SWEEP_MS = 1_000
 
 CANCEL_REQUESTED = actor_service_pb2.CANCEL_REASON_REQUESTED
 CANCEL_TIMED_OUT = actor_service_pb2.CANCEL_REASON_TIMED_OUT
@@ -105,6 +108,8 @@ class DispatchLoop:
         rand: Callable[[], float] = random.random,
         metrics: Any = None,
         admission: Admission | None = None,
+        retention_ms: int = 0,
+        snapshotter: Any = None,
     ) -> None:
         self.wal = wal
         self.projection = projection
@@ -134,6 +139,13 @@ class DispatchLoop:
         self.events = EventHub(max_queued_events)
         # Queued-task bound and per-type rate limits (core/admission.py); defaults: no rate limits.
         self.admission = admission if admission is not None else Admission()
+        # Retention (core/retention.py): finished tasks are forgotten this long after they
+        # finished (0: never), by a sweep at most every RETENTION_SWEEP_MS.
+        self.retention_ms = retention_ms
+        self._next_sweep_ms = 0
+        self.tasks_forgotten = 0
+        # Snapshots (dispatch/snapshotter.py), or None: taken after a step's commit when due.
+        self.snapshotter = snapshotter
 
     # ---- the servicers' side -----------------------------------------------------------------
 
@@ -247,6 +259,10 @@ class DispatchLoop:
         expiry = self.fleet.next_expiry_ms()
         if expiry is not None:
             waits.append(expiry - self.lease_ms())
+        if self.retention_ms:
+            due = retention.next_due_ms(self.projection, self.retention_ms)
+            if due is not None:
+                waits.append(max(due, self._next_sweep_ms) - self.now_ms())
         if self.admission.rate_limited:  # an empty bucket refills: READY tasks may be held back
             token = self.admission.next_token_ms(self.lease_ms())
             if token is not None:
@@ -267,6 +283,8 @@ class DispatchLoop:
                     reply.set_exception(exc)
         self._expire_leases(step)
         self._fire_timers(step)
+        if self.retention_ms and step.now_ms >= self._next_sweep_ms:
+            self._forget_expired(step)
         if not (self.projection.paused or self.drain.draining):  # Pause, Drain: no new leases
             self._grant(step)
         commit_s = 0.0
@@ -274,7 +292,7 @@ class DispatchLoop:
             commit_started = time.perf_counter()
             highest = self.projection.highest_token
             meta = {HIGHEST_TOKEN_KEY: highest.to_bytes(8, "big")} if highest != highest_token_before else None
-            if len(step.records) <= INLINE_COMMIT_MAX_RECORDS:
+            if len(step.records) <= INLINE_COMMIT_MAX_RECORDS and not self.wal.background_writers:
                 # Light load: a thread hop costs more latency than the loop loses while it fsyncs.
                 self.wal.append_batch(step.records, step.now_ms, meta)
             else:
@@ -296,6 +314,10 @@ class DispatchLoop:
             self.drain.check(self)
         if self.metrics is not None:  # after the effects: they wait for nothing of this
             self.metrics.step_committed(step.now_ms, len(step.records), commit_s, step.grants, step.ended)
+        snapshotter = self.snapshotter
+        if snapshotter is not None and snapshotter.due(self.wal.last_seq):
+            # After the commit: the projection is exactly the WAL up to last_seq.
+            snapshotter.start(self.wal.last_seq, step.now_ms)
 
     def _handle(self, command: Any, step: Step) -> None:
         handler = self._handlers.get(type(command))
@@ -448,9 +470,10 @@ class DispatchLoop:
         page: list = []
         last_ordinal = 0
         more = False
-        for task in self.projection.tasks.values():
-            if task.ordinal <= cmd.after_ordinal:
-                continue
+        by_ordinal = self.projection.by_ordinal
+        # The ordinal index: seek in O(log n), then walk in submission order.
+        for ordinal in by_ordinal.irange(minimum=cmd.after_ordinal, inclusive=(False, True)):
+            task = by_ordinal[ordinal]
             if states and task.state not in states:
                 continue
             if task_type and task.type != task_type:
@@ -667,6 +690,14 @@ class DispatchLoop:
                 self._emit_attempt_ended(record, step)
             else:
                 self._emit(record, task_id, step)
+
+    def _forget_expired(self, step: Step) -> None:
+        """Retention: TasksForgotten records for finished tasks past it (bounded work per step)."""
+        due, more = retention.due_forgets(self.projection, step.now_ms, self.retention_ms)
+        for record in retention.forget_records(due):
+            self._emit_one(record, "", step)
+        self.tasks_forgotten += len(due)
+        self._next_sweep_ms = step.now_ms if more else step.now_ms + min(RETENTION_SWEEP_MS, self.retention_ms)
 
     def _apply_key_policy(self, task, step: Step) -> None:
         """A keyed newcomer's policy (core/admission.py): CANCEL_IN_PROGRESS cancels the earlier

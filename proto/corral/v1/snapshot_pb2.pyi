@@ -9,14 +9,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SnapshotPointer(_message.Message):
-    __slots__ = ("seq", "head_chunks", "at_unix_ms")
+    __slots__ = ("seq", "head_chunks", "at_unix_ms", "head_crc32")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     HEAD_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_CRC32_FIELD_NUMBER: _ClassVar[int]
     seq: int
     head_chunks: int
     at_unix_ms: int
-    def __init__(self, seq: _Optional[int] = ..., head_chunks: _Optional[int] = ..., at_unix_ms: _Optional[int] = ...) -> None: ...
+    head_crc32: int
+    def __init__(self, seq: _Optional[int] = ..., head_chunks: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., head_crc32: _Optional[int] = ...) -> None: ...
 
 class AttemptSnapshot(_message.Message):
     __slots__ = ("number", "fencing_token", "actor_id", "actor_incarnation", "started_ms", "deadline_ms", "ended_ms", "outcome", "error")
