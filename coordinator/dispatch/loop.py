@@ -315,6 +315,8 @@ class DispatchLoop:
         if self.metrics is not None:  # after the effects: they wait for nothing of this
             self.metrics.step_committed(step.now_ms, len(step.records), commit_s, step.grants, step.ended)
         snapshotter = self.snapshotter
+        if snapshotter is not None:
+            snapshotter.after_step(len(step.records))
         if snapshotter is not None and snapshotter.due(self.wal.last_seq):
             # After the commit: the projection is exactly the WAL up to last_seq.
             snapshotter.start(self.wal.last_seq, step.now_ms)

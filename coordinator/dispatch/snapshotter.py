@@ -6,10 +6,13 @@ Owns: the snapshot schedule and the bookkeeping of which finished tasks still ne
 - A snapshot is due when the WAL has grown by `every_records` records since the last one, and
   by at least as many records as there are tasks (so the work of snapshots stays proportional to
   the records written, however many finished tasks retention keeps).
-- It is captured on the loop's thread at the end of a step, after its commit, when the projection
-  equals the WAL exactly (seq = wal.last_seq): the head (globals and unfinished tasks) and the rows
-  of finished tasks not saved yet (`Projection.unsaved_finished`; finished tasks never change, so
-  each is serialized about once). That capture is the loop's only stall (`last_capture_s`).
+- Rows of finished tasks not saved yet (`Projection.unsaved_finished`) are serialized a few at a
+  time after each step (`after_step`, about as many as the step wrote records), so the work
+  follows the load instead of piling up for the snapshot. Finished tasks never change (one that
+  does is queued again and serialized again), so each is serialized about once.
+- The snapshot is captured on the loop's thread at the end of a step, after its commit, when the
+  projection equals the WAL exactly (seq = wal.last_seq): the head (globals and unfinished tasks)
+  and whatever rows are left. That capture is the loop's only stall (`last_capture_s`).
 - Writing happens in a worker thread (`asyncio.to_thread`); meanwhile the loop commits from
   worker threads too (WriteAheadLog.background_writers), so it never waits on LMDB's writer lock.
   One snapshot at a time. A failed write is logged; its rows go back to be written next time.
@@ -40,7 +43,21 @@ class Snapshotter:
         self.last_write_s = 0.0
         self._task: asyncio.Task | None = None
         self._pending_forgotten: list[int] = []
+        # Rows serialized ahead of the snapshot: ordinal -> (task, row).
+        self._rows: dict[int, tuple[object, bytes]] = {}
         enable(projection)
+
+    def after_step(self, records: int) -> None:
+        """Serialize up to about `records` (at least 64) finished tasks' rows ahead of time."""
+        unsaved = self.projection.unsaved_finished
+        if not unsaved or not self.every_records:
+            return
+        n = min(len(unsaved), max(64, records))
+        rows = self._rows
+        finished_row = snap.finished_row
+        for task in unsaved[:n]:
+            rows[task.ordinal] = (task, finished_row(task))
+        del unsaved[:n]
 
     def due(self, wal_last_seq: int) -> bool:
         if self._task is not None or not self.every_records:
@@ -59,14 +76,19 @@ class Snapshotter:
 
     def capture(self, seq: int, now_ms: int) -> tuple[SnapshotWrite, list]:
         projection = self.projection
-        unsaved = projection.unsaved_finished
+        ahead = self._rows
+        self._rows = {}
+        unsaved = [task for task, _ in ahead.values()] + projection.unsaved_finished
         projection.unsaved_finished = []
         forgotten = self._pending_forgotten + projection.forgotten_ordinals
         projection.forgotten_ordinals = []
         tasks = projection.tasks
         rows: dict[int, bytes] = {}
-        for task in unsaved:
+        for ordinal, (task, row) in ahead.items():
             if tasks.get(task.task_id) is task:  # not forgotten since
+                rows[ordinal] = row
+        for task in unsaved[len(ahead):]:
+            if tasks.get(task.task_id) is task:
                 rows[task.ordinal] = snap.finished_row(task)
         counts = projection.state_counts
         finished = sum(counts[s] for s in TERMINAL_STATES)
