@@ -14,6 +14,7 @@ Single-threaded; run it with `nice`.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import sys
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         for record in wal.records(job.seq + 1):
             projection.apply(record, record.at_unix_ms)
         expected = projection.fingerprint()
-        del projection
+        del projection, snapshotter, job
+        gc.collect()  # the first projection must not share memory with the restore measured next
         wal.close()
 
         wal = WriteAheadLog(tmp, sync=False)
