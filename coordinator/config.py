@@ -98,6 +98,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_task_depth", int, 8,
             "deepest allowed child task (a root task is at depth 0); deeper child submissions are refused",
             _at_least(1)),
+    Setting("retention_s", float, 7 * 86_400.0,
+            "finished tasks are forgotten this long after they finished (NOT_FOUND from then on; their "
+            "idempotency keys are free again); 0: keep forever",
+            lambda v: None if v == 0 or v >= 0.001 else "must be 0 (keep forever) or at least 0.001"),
+    Setting("snapshot_every_records", int, 100_000,
+            "write a snapshot of the state after this many WAL records (and at least as many as there are "
+            "tasks), then delete the WAL records before it; 0: no snapshots", _at_least(0)),
     Setting("wal_map_size_bytes", int, 16 << 30, "initial LMDB map size (grows when full)", _at_least(1 << 20)),
     Setting("truncate_corrupt_wal", _bool, False,
             "on start, drop WAL records from the first corrupt one on, instead of refusing to start"),
@@ -159,6 +166,8 @@ class CoordinatorConfig:
     rate_limits: str = ""
     priority_aging_s: float = 60.0
     max_task_depth: int = 8
+    retention_s: float = 7 * 86_400.0
+    snapshot_every_records: int = 100_000
     wal_map_size_bytes: int = 16 << 30
     truncate_corrupt_wal: bool = False
     shutdown_grace_s: float = 10.0
@@ -203,6 +212,10 @@ class CoordinatorConfig:
     @property
     def priority_aging_ms(self) -> int:
         return int(self.priority_aging_s * 1000)
+
+    @property
+    def retention_ms(self) -> int:
+        return max(1, int(self.retention_s * 1000)) if self.retention_s else 0
 
     @property
     def heartbeat_interval_ms(self) -> int:

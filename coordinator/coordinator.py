@@ -1,13 +1,14 @@
 """The coordinator process: open the WAL, replay it, run the dispatch loop, serve gRPC.
 
 Owns: start-up and shutdown order.
-- Start: open LMDB; replay every record into a fresh projection (a corrupt record stops start-up
+- Start: open LMDB; load the latest snapshot, if any (storage/snapshots.py, core/snapshot.py);
+  replay every record after it (a corrupt record stops start-up
   with its sequence number, unless truncation was asked for); give RUNNING attempts a fresh lease
   so actors can re-present them; start the loop; only then serve, and report SERVING on health.
 - Stop: health NOT_SERVING; drain (submissions get UNAVAILABLE, no new leases) until no connected
   actor holds a lease or `drain_grace_s` passed (dispatch/operations.py); close actor streams and
   watches; stop accepting RPCs and let in-flight ones finish within the grace; stop the loop after
-  its current step's commit; close LMDB.
+  its current step's commit; let a snapshot being written finish; close LMDB.
 """
 from __future__ import annotations
 
@@ -24,11 +25,15 @@ from corral_telemetry.tracing import configure_tracing, shutdown_tracing
 from .config import CoordinatorConfig
 from .core.admission import Admission
 from .core.fleet import Fleet
+from .core import snapshot as snapshot_mod
 from .core.projection import Projection
 from .dispatch.loop import DispatchLoop
 from .dispatch.operations import drain_for_shutdown
+from .dispatch.snapshotter import Snapshotter
+from .dispatch.snapshotter import enable as enable_snapshots
 from .server.grpc_server import SERVICE_NAMES, build_server
 from .storage.codec import CorruptRecordError
+from .storage.snapshots import SnapshotStore
 from .storage.wal import HIGHEST_TOKEN_KEY, WriteAheadLog
 from .telemetry.metrics import LoopMetrics, start_coordinator_metrics
 from .telemetry.tracing import SubmissionTracing
@@ -40,11 +45,11 @@ class WalCorrupt(Exception):
     """Start-up refused: the WAL has a bad record and truncation was not asked for."""
 
 
-def replay(wal: WriteAheadLog, projection: Projection, truncate_corrupt: bool) -> int:
-    """Apply every WAL record to `projection`; returns how many were applied."""
+def replay(wal: WriteAheadLog, projection: Projection, truncate_corrupt: bool, from_seq: int = 1) -> int:
+    """Apply every WAL record from `from_seq` on to `projection`; returns how many were applied."""
     applied = 0
     try:
-        for record in wal.records():
+        for record in wal.records(from_seq):
             projection.apply(record, record.at_unix_ms)
             applied += 1
     except CorruptRecordError as exc:
@@ -60,6 +65,31 @@ def replay(wal: WriteAheadLog, projection: Projection, truncate_corrupt: bool) -
 # The projection holds millions of long-lived objects that are never garbage: the default
 # thresholds make the cyclic collector rescan them constantly (measured: ~20% of dispatch CPU).
 GC_THRESHOLDS = (50_000, 50, 100)
+
+
+def load_snapshot(store: SnapshotStore, projection: Projection) -> int:
+    """Load the latest snapshot into a fresh `projection`; returns its seq (0: none)."""
+    loaded = store.load()
+    if loaded is None:
+        return 0
+    head, rows = loaded
+    snapshot_mod.load(projection, head, rows)
+    return head.seq
+
+
+def restore(wal: WriteAheadLog, projection: Projection, truncate_corrupt: bool) -> tuple[int, int]:
+    """Latest snapshot, then the WAL records after it: (snapshot seq or 0, records replayed).
+
+    The cyclic garbage collector is off meanwhile: everything built is kept (tune_gc freezes it
+    afterwards), and its passes over the growing projection cost more than the building itself."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        snapshot_seq = load_snapshot(SnapshotStore(wal), projection)
+        return snapshot_seq, replay(wal, projection, truncate_corrupt, snapshot_seq + 1)
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def tune_gc() -> None:
@@ -87,8 +117,12 @@ class Coordinator:
         started = time.perf_counter()
         self.wal = await asyncio.to_thread(WriteAheadLog, config.data_dir, map_size_bytes=config.wal_map_size_bytes)
         projection = Projection(deadline_grace_ms=int(config.deadline_grace_s * 1000),
-                                priority_aging_ms=config.priority_aging_ms)
-        applied = await asyncio.to_thread(replay, self.wal, projection, config.truncate_corrupt_wal)
+                                priority_aging_ms=config.priority_aging_ms, track_expiry=config.retention_ms > 0)
+        if config.snapshot_every_records:
+            enable_snapshots(projection)  # before the tail: tasks finishing in it need rows
+        snapshot_seq, applied = await asyncio.to_thread(restore, self.wal, projection, config.truncate_corrupt_wal)
+        snapshotter = (Snapshotter(SnapshotStore(self.wal), projection, config.snapshot_every_records, snapshot_seq)
+                       if config.snapshot_every_records else None)
         stored = self.wal.get_meta(HIGHEST_TOKEN_KEY)
         if stored is not None and int.from_bytes(stored, "big") > projection.highest_token:
             # Grants were truncated away with a corrupt tail: never reissue their tokens.
@@ -103,11 +137,13 @@ class Coordinator:
             heartbeat_interval_ms=config.heartbeat_interval_ms, max_queued_commands=config.max_queued_commands,
             max_queued_events=config.max_queued_events, max_actors=config.max_actors,
             clock=self.clock, metrics=metrics, max_task_depth=config.max_task_depth,
-            admission=Admission(config.max_queued_tasks, config.rate_limit_map, int(time.monotonic() * 1000)))
+            admission=Admission(config.max_queued_tasks, config.rate_limit_map, int(time.monotonic() * 1000)),
+            retention_ms=config.retention_ms, snapshotter=snapshotter)
         restored = self.loop.restore_leases()
         tune_gc()
-        log.info("replayed %d WAL records (%d tasks, %d running attempts kept for re-adoption) in %.3f s",
-                 applied, len(projection.tasks), restored, time.perf_counter() - started)
+        log.info("loaded snapshot %d and replayed %d WAL records after it (%d tasks, %d running attempts kept "
+                 "for re-adoption) in %.3f s", snapshot_seq, applied, len(projection.tasks), restored,
+                 time.perf_counter() - started)
         if projection.paused:
             log.warning("dispatch is paused (%s): no lease is granted until AdminService.Resume (corral resume)",
                         projection.pause_reason)
@@ -148,6 +184,8 @@ class Coordinator:
                 await self._loop_task
             except BaseException:  # noqa: BLE001 - already logged by the loop
                 pass
+        if self.loop is not None and self.loop.snapshotter is not None:
+            await self.loop.snapshotter.wait()
         if self.wal is not None:
             self.wal.close()
         if self._metrics_server is not None:

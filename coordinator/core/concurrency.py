@@ -143,7 +143,7 @@ class ConcurrencyIndex:
         occupying = task_id in gate.occupants
         if previous == READY:
             if occupying:
-                projection.ready_count -= 1  # it was admitted: in a ready queue
+                projection.left_ready_queue(task)  # it was admitted: in a ready queue
             else:
                 gate.waiting_count -= 1  # its waiting entry is stale from now on
         if state == RUNNING:

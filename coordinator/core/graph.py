@@ -291,7 +291,8 @@ def fill_prerequisites(projection: Projection, task: TaskRecord, lease) -> None:
     tasks = projection.tasks
     for prerequisite_id in task.prerequisites:
         item = lease.prerequisites.add(task_id=prerequisite_id)
-        result = tasks[prerequisite_id].result
+        prerequisite = tasks.get(prerequisite_id)  # None: forgotten (retention), no output to pass
+        result = prerequisite.result if prerequisite is not None else None
         if result is None:
             continue
         which = result.WhichOneof("result")

@@ -47,7 +47,7 @@ class TaskRecord:
         "lost_attempts", "max_attempts", "max_lost_attempts", "execution_timeout_ms",
         "schedule_to_start_ms", "cancel_requested", "cancel_reason", "state_reason",
         "error", "result", "started_once", "ordinal", "concurrency_key", "prerequisites",
-        "unfinished_prerequisites", "parent_id", "depth", "children", "unfinished_children",
+        "unfinished_prerequisites", "ready_key", "parent_id", "depth", "children", "unfinished_children",
         "failed_child", "close_at_ms",
     )
 
@@ -90,6 +90,8 @@ class TaskRecord:
         # and how many of them have not SUCCEEDED. () for most tasks; set by Projection.apply.
         self.prerequisites: list[str] | tuple = ()
         self.unfinished_prerequisites = 0
+        # The sort key of its last ready-queue entry (Projection.ready_entry); kept for snapshots.
+        self.ready_key = 0
         # Children (core/children.py), set by Projection.apply: the parent's id ("" for a root
         # task) and depth; the ids of the children submitted so far (() for most tasks), how many
         # non-detached ones are not terminal, and the first one that ended FAILED/CANCELED while
@@ -121,7 +123,7 @@ class TaskRecord:
     def as_tuple(self) -> tuple:
         """Everything durable about the task, for comparing two projections."""
         return (
-            self.task_id, self.spec.SerializeToString(deterministic=True), self.state, self.created_ms,
+            self.task_id, self.spec.SerializeToString(deterministic=True), int(self.state), self.created_ms,
             self.updated_ms, self.ready_at_ms, self.eligible_since_ms, self.ready_order,
             tuple(a.as_tuple() for a in self.attempts), self.failed_attempts, self.lost_attempts,
             self.cancel_requested, self.cancel_reason, self.state_reason,

@@ -27,12 +27,25 @@ Invariants:
   (spec.parent_task_id) and the children's terminal transitions, so replay rebuilds them. The
   handler's output of a parent that waits for its children is kept in `result` (the AttemptEnded
   to WAITING_FOR_CHILDREN) and becomes the task's output when it SUCCEEDS.
+- Retention (core/retention.py): a TasksForgotten record removes finished tasks from every index
+  (tasks, ListTasks index, idempotency keys, dependency edges, child keys, state counts).
+  `expiry` (finished task ids in the order they finished; lazily cleaned) is derived state for
+  finding them.
+- `by_ordinal` (ordinal -> task, sorted) is the ListTasks index: a page costs O(log n + page).
+- A ready queue whose live entries are all gone is dropped (`ready_live` counts them per key), so
+  client-chosen (type, capabilities) keys do not accumulate.
+- Snapshots (core/snapshot.py): `unsaved_finished` / `forgotten_ordinals` (None unless a
+  snapshotter enabled them) list the finished tasks whose snapshot row must be (re)written and
+  the rows to delete. A change to a finished task must append it to `unsaved_finished`.
 """
 from __future__ import annotations
 
 import hashlib
 import heapq
+from collections import deque
 from typing import Iterable
+
+from sortedcontainers import SortedDict
 
 from corral.v1 import task_pb2, wal_pb2
 
@@ -40,8 +53,8 @@ from .concurrency import ConcurrencyIndex
 from .durations import to_ms
 from .model import AttemptRecord, TaskRecord
 from .schedule_book import BadScheduleRecord, ScheduleBook
-from .states import READY, SUCCEEDED, WAITING, WAITING_FOR_CHILDREN, State, check_transition, is_terminal
-
+from .states import (READY, SUCCEEDED, TERMINAL_STATES, WAITING, WAITING_FOR_CHILDREN, State, check_transition,
+                     is_terminal)
 # Durable timer kinds.
 TIMER_PROMOTE = 1          # SCHEDULED / RETRY_WAIT -> READY at ready_at_ms
 TIMER_SCHEDULE_TO_START = 2  # READY too long before its first attempt
@@ -60,12 +73,24 @@ class CorruptProjection(Exception):
 
 
 class Projection:
-    def __init__(self, deadline_grace_ms: int = 2_000, priority_aging_ms: int = DEFAULT_PRIORITY_AGING_MS) -> None:
+    def __init__(self, deadline_grace_ms: int = 2_000, priority_aging_ms: int = DEFAULT_PRIORITY_AGING_MS,
+                 track_expiry: bool = False) -> None:
         self.deadline_grace_ms = deadline_grace_ms
         self.priority_aging_ms = priority_aging_ms
         self.tasks: dict[str, TaskRecord] = {}
+        # ListTasks index: ordinal -> task (sorted), so a page seeks in O(log n).
+        self.by_ordinal: SortedDict = SortedDict()
         self.idempotency: dict[str, str] = {}
         self.ready_queues: dict[QueueKey, list[tuple[int, int, str]]] = {}
+        # Live (not stale) entries per ready queue: an empty queue's key is dropped.
+        self.ready_live: dict[QueueKey, int] = {}
+        # Retention (core/retention.py): ids of finished tasks in the order they finished (only
+        # when retention is on). Derived; entries of tasks since forgotten are skipped lazily.
+        self.expiry: deque[str] | None = deque() if track_expiry else None
+        # Snapshots (core/snapshot.py), None unless enabled: finished tasks whose row must be
+        # written, and ordinals of forgotten tasks whose row must be deleted.
+        self.unsaved_finished: list[TaskRecord] | None = None
+        self.forgotten_ordinals: list[int] | None = None
         self.ready_count = 0
         self.timers: list[tuple[int, int, int, str, int]] = []
         self._timers_compact_at = TIMERS_COMPACT_MIN
@@ -93,6 +118,7 @@ class Projection:
             "dispatch_paused": self._apply_dispatch_paused,
             "dispatch_resumed": self._apply_dispatch_resumed,
             "dependency_declared": self._apply_dependency_declared,
+            "tasks_forgotten": self._apply_tasks_forgotten,
         }
         # Schedules (core/schedule_book.py): one corral.v1.Schedule message per schedule holds all
         # of its durable state; the book also keeps the index of next occurrences for the loop.
@@ -145,7 +171,12 @@ class Projection:
         elif state == READY:
             self.push_ready(task, self.ready_entry(task, now_ms))
         elif previous == READY:
-            self.ready_count -= 1
+            self.left_ready_queue(task)
+        if state in TERMINAL_STATES:
+            if self.expiry is not None:
+                self.expiry.append(task.task_id)
+            if self.unsaved_finished is not None:
+                self.unsaved_finished.append(task)
 
     def ready_entry(self, task: TaskRecord, now_ms: int) -> tuple[int, int, str]:
         """A task becomes READY: its ready-queue entry (sort key, ready_order, task_id).
@@ -161,15 +192,33 @@ class Projection:
             if task.schedule_to_start_ms:
                 self._add_timer(now_ms + task.schedule_to_start_ms, TIMER_SCHEDULE_TO_START, task.task_id, 0)
         aging = self.priority_aging_ms
-        return (now_ms - task.priority * aging if aging else -task.priority, task.ready_order, task.task_id)
+        key = task.ready_key = now_ms - task.priority * aging if aging else -task.priority
+        return (key, task.ready_order, task.task_id)
 
     def push_ready(self, task: TaskRecord, entry: tuple[int, int, str]) -> None:
         """Put a READY task where selection finds it (for keyed tasks: once admitted)."""
-        queue = self.ready_queues.get(task.queue_key)
+        queue_key = task.queue_key
+        queue = self.ready_queues.get(queue_key)
         if queue is None:
-            queue = self.ready_queues[task.queue_key] = []
+            queue = self.ready_queues[queue_key] = []
+            self.ready_live[queue_key] = 1
+        else:
+            self.ready_live[queue_key] += 1
         heapq.heappush(queue, entry)
         self.ready_count += 1
+
+    def left_ready_queue(self, task: TaskRecord) -> None:
+        """A task in a ready queue is no longer READY: its entry is stale from now on (lazy
+        deletion); a queue left with no live entry is dropped. Selection (decisions.select_grants)
+        holds no queue across applies, so dropping one here is safe."""
+        self.ready_count -= 1
+        queue_key = task.queue_key
+        live = self.ready_live[queue_key] - 1
+        if live:
+            self.ready_live[queue_key] = live
+        else:
+            del self.ready_live[queue_key]
+            del self.ready_queues[queue_key]
 
     def _add_timer(self, due_ms: int, kind: int, task_id: str, attempt: int) -> None:
         self._timer_order += 1
@@ -204,6 +253,7 @@ class Projection:
         self.submitted_count += 1
         task.ordinal = self.submitted_count
         self.tasks[ev.task_id] = task
+        self.by_ordinal[task.ordinal] = task
         self.state_counts[State.SCHEDULED] += 1
         if spec.idempotency_key:
             self.idempotency[spec.idempotency_key] = ev.task_id
@@ -294,8 +344,12 @@ class Projection:
         dependents = self.dependents.get(task_id)
         if dependents:
             tasks = self.tasks
+            unsaved = self.unsaved_finished
             for dependent_id in dependents:
-                tasks[dependent_id].unfinished_prerequisites -= 1
+                dependent = tasks[dependent_id]
+                dependent.unfinished_prerequisites -= 1
+                if unsaved is not None and dependent.state in TERMINAL_STATES:
+                    unsaved.append(dependent)  # a finished task changed: rewrite its row
 
     def _add_child(self, task: TaskRecord, spec: task_pb2.TaskSpec) -> None:
         """Link a child (submitted by its parent's handler) to its parent."""
@@ -366,6 +420,36 @@ class Projection:
             # A new process took the actor id: the old one is gone for good and may not come back.
             self.retired_incarnations.add((previous.actor_id, previous.incarnation))
         self.actors_seen[identity.actor_id] = identity
+
+    def _apply_tasks_forgotten(self, ev: wal_pb2.TasksForgotten, now_ms: int) -> None:
+        for task_id in ev.task_ids:
+            task = self._task(task_id)
+            if task.state not in TERMINAL_STATES:
+                raise CorruptProjection(f"task {task_id!r} forgotten while {State(task.state).name}")
+            self.forget(task)
+
+    def forget(self, task: TaskRecord) -> None:
+        """Remove a finished task from every index (retention; see core/retention.py)."""
+        task_id = task.task_id
+        del self.tasks[task_id]
+        del self.by_ordinal[task.ordinal]
+        self.state_counts[task.state] -= 1
+        key = task.spec.idempotency_key
+        if key and self.idempotency.get(key) == task_id:
+            del self.idempotency[key]
+        dependents = self.dependents
+        if dependents:
+            # A finished task's own dependents keep naming it in their prerequisites (their view
+            # lists it; a lease built for them skips it: graph.fill_prerequisites).
+            dependents.pop(task_id, None)
+            for prerequisite_id in task.prerequisites:
+                edges = dependents.get(prerequisite_id)
+                if edges is not None:
+                    edges.remove(task_id)
+                    if not edges:
+                        del dependents[prerequisite_id]
+        if self.forgotten_ordinals is not None:
+            self.forgotten_ordinals.append(task.ordinal)
 
     def _apply_dispatch_paused(self, ev: wal_pb2.DispatchPaused, now_ms: int) -> None:
         self.paused = True

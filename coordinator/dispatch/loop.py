@@ -4,7 +4,8 @@ Owns: every mutation of the projection and the fleet, and the order of effects. 
 runs steps; a step is
 
     take every queued command  ->  check each against the state, emitting WAL records
-    expire leases, fire timers, fire due schedule occurrences (dispatch/schedules.py)  ->  more records
+    expire leases, fire timers, fire due schedule occurrences (dispatch/schedules.py), forget
+    finished tasks past retention  ->  more records
     select ready tasks for actors with free slots  ->  LeaseGranted records (not if paused/draining)
     append all of the step's records in ONE LMDB transaction (one fsync: group commit)
     then, and only then: resolve replies, send leases/acks/cancels, notify watchers and
@@ -36,6 +37,7 @@ from ..core import admission as admission_mod
 from ..core import decisions
 from ..core import children
 from ..core import graph
+from ..core import retention
 from ..core.admission import Admission
 from ..core.durations import to_ms
 from ..core.errors import AlreadyExists, CorralError, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
@@ -55,6 +57,8 @@ log = logging.getLogger("corral.dispatch")
 WalRecord = wal_pb2.WalRecord
 # Steps with at most this many records commit on the loop's thread (see _step).
 INLINE_COMMIT_MAX_RECORDS = 32
+# Finished tasks past their retention are looked for at most this often (one record per sweep).
+RETENTION_SWEEP_MS = 1_000
 
 CANCEL_REQUESTED = actor_service_pb2.CANCEL_REASON_REQUESTED
 CANCEL_TIMED_OUT = actor_service_pb2.CANCEL_REASON_TIMED_OUT
@@ -108,6 +112,8 @@ class DispatchLoop:
         metrics: Any = None,
         admission: Admission | None = None,
         max_task_depth: int = children.DEFAULT_MAX_DEPTH,
+        retention_ms: int = 0,
+        snapshotter: Any = None,
     ) -> None:
         self.wal = wal
         self.projection = projection
@@ -141,6 +147,13 @@ class DispatchLoop:
         # child to end (child id -> [(actor stream, parent lease)]; volatile: actors re-send them).
         self.max_task_depth = max_task_depth
         self._child_waits: dict[str, list[tuple[ActorLink, actor_service_pb2.LeaseRef]]] = {}
+        # Retention (core/retention.py): finished tasks are forgotten this long after they
+        # finished (0: never), by a sweep at most every RETENTION_SWEEP_MS.
+        self.retention_ms = retention_ms
+        self._next_sweep_ms = 0
+        self.tasks_forgotten = 0
+        # Snapshots (dispatch/snapshotter.py), or None: taken after a step's commit when due.
+        self.snapshotter = snapshotter
         # Schedules (dispatch/schedules.py): occurrences due before `started_ms` were missed while
         # no coordinator ran (their misfire policy decides); later ones are always created.
         self.started_ms = 0
@@ -262,6 +275,10 @@ class DispatchLoop:
             occurrence = schedule_ops.next_due_ms(self)
             if occurrence is not None:
                 waits.append(occurrence - self.now_ms())
+        if self.retention_ms:
+            due = retention.next_due_ms(self.projection, self.retention_ms)
+            if due is not None:
+                waits.append(max(due, self._next_sweep_ms) - self.now_ms())
         if self.admission.rate_limited:  # an empty bucket refills: READY tasks may be held back
             token = self.admission.next_token_ms(self.lease_ms())
             if token is not None:
@@ -284,6 +301,8 @@ class DispatchLoop:
         self._fire_timers(step)
         if self.projection.schedules and not self.drain.draining:  # due occurrences create tasks
             schedule_ops.fire_due(self, step)
+        if self.retention_ms and step.now_ms >= self._next_sweep_ms:
+            self._forget_expired(step)
         if not (self.projection.paused or self.drain.draining):  # Pause, Drain: no new leases
             self._grant(step)
         commit_s = 0.0
@@ -291,7 +310,7 @@ class DispatchLoop:
             commit_started = time.perf_counter()
             highest = self.projection.highest_token
             meta = {HIGHEST_TOKEN_KEY: highest.to_bytes(8, "big")} if highest != highest_token_before else None
-            if len(step.records) <= INLINE_COMMIT_MAX_RECORDS:
+            if len(step.records) <= INLINE_COMMIT_MAX_RECORDS and not self.wal.background_writers:
                 # Light load: a thread hop costs more latency than the loop loses while it fsyncs.
                 self.wal.append_batch(step.records, step.now_ms, meta)
             else:
@@ -313,6 +332,12 @@ class DispatchLoop:
             self.drain.check(self)
         if self.metrics is not None:  # after the effects: they wait for nothing of this
             self.metrics.step_committed(step.now_ms, len(step.records), commit_s, step.grants, step.ended)
+        snapshotter = self.snapshotter
+        if snapshotter is not None:
+            snapshotter.after_step(len(step.records))
+        if snapshotter is not None and snapshotter.due(self.wal.last_seq):
+            # After the commit: the projection is exactly the WAL up to last_seq.
+            snapshotter.start(self.wal.last_seq, step.now_ms)
 
     def _handle(self, command: Any, step: Step) -> None:
         handler = self._handlers.get(type(command))
@@ -514,15 +539,16 @@ class DispatchLoop:
         last_ordinal = 0
         more = False
         tasks = self.projection.tasks
-        candidates = tasks.values()
         if req.parent_task_id:  # a parent's children, in submission order
             parent = tasks.get(req.parent_task_id)
             if parent is None:
                 raise NotFound(f"parent_task_id: task {req.parent_task_id!r} not found")
-            candidates = [tasks[c] for c in parent.children if c in tasks]
+            candidates = [tasks[c] for c in parent.children if c in tasks and tasks[c].ordinal > cmd.after_ordinal]
+        else:
+            # The ordinal index: seek in O(log n), then walk in submission order.
+            by_ordinal = self.projection.by_ordinal
+            candidates = (by_ordinal[o] for o in by_ordinal.irange(minimum=cmd.after_ordinal, inclusive=(False, True)))
         for task in candidates:
-            if task.ordinal <= cmd.after_ordinal:
-                continue
             if states and task.state not in states:
                 continue
             if task_type and task.type != task_type:
@@ -806,6 +832,14 @@ class DispatchLoop:
                 self._emit_attempt_ended(record, step)
             else:
                 self._emit(record, task_id, step)
+
+    def _forget_expired(self, step: Step) -> None:
+        """Retention: TasksForgotten records for finished tasks past it (bounded work per step)."""
+        due, more = retention.due_forgets(self.projection, step.now_ms, self.retention_ms)
+        for record in retention.forget_records(due):
+            self._emit_one(record, "", step)
+        self.tasks_forgotten += len(due)
+        self._next_sweep_ms = step.now_ms if more else step.now_ms + min(RETENTION_SWEEP_MS, self.retention_ms)
 
     def _apply_key_policy(self, task, step: Step) -> None:
         """A keyed newcomer's policy (core/admission.py): CANCEL_IN_PROGRESS cancels the earlier

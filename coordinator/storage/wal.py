@@ -3,7 +3,12 @@
 Owns the LMDB environment and its two named databases:
 
 - ``wal``: one entry per record, key ``seq_key(seq)``, value ``encode_record(record)``;
-- ``meta``: small key/values (e.g. snapshot markers) for other storage code.
+- ``meta``: small key/values (e.g. snapshot markers) for other storage code;
+- other named databases of the same environment for other storage code (``snapshots.py``),
+  through ``open_db`` and ``write`` (one write transaction, map growth handled).
+
+Records before a snapshot are deleted (``delete_before``); the record at the snapshot's seq is
+kept, so ``last_seq`` survives a compaction of everything.
 
 The durability point is the LMDB commit inside ``append_batch``: with ``sync=True`` LMDB
 fsyncs before the commit returns, so a batch is either entirely on disk or not at all.
@@ -54,7 +59,7 @@ class WriteAheadLog:
             str(path),
             subdir=True,
             map_size=map_size_bytes,
-            max_dbs=4,
+            max_dbs=8,
             sync=sync,
             metasync=sync,
             readahead=False,
@@ -63,6 +68,9 @@ class WriteAheadLog:
         self._meta_db = self._env.open_db(b"meta")
         self._remap_lock = threading.Lock()
         self._commits = 0
+        # > 0 while another thread writes (snapshots): the dispatch loop then commits from a
+        # worker thread rather than wait on LMDB's writer lock on the event loop's thread.
+        self.background_writers = 0
         with self._env.begin(db=self._wal_db) as txn:
             self._last_seq = _last_seq_in(txn)
 
@@ -168,6 +176,53 @@ class WriteAheadLog:
 
         deleted, self._last_seq = self._growing_map_as_needed(delete_tail)
         return deleted
+
+    def delete_before(self, seq: int, batch: int = 10_000) -> int:
+        """Delete every record with seq < ``seq``, in transactions of at most ``batch`` records
+        (each one short, so the dispatch loop's commits are never held up long). Returns how many."""
+        deleted = 0
+        while True:
+            def delete_some() -> int:
+                n = 0
+                with self._env.begin(write=True, db=self._wal_db) as txn:
+                    cursor = txn.cursor()
+                    if not cursor.first():
+                        return 0
+                    while n < batch and key_seq(cursor.key()) < seq:
+                        cursor.delete()
+                        n += 1
+                        if not cursor.key():
+                            break
+                return n
+
+            n = self._growing_map_as_needed(delete_some)
+            deleted += n
+            if n < batch:
+                return deleted
+
+    def first_seq(self) -> int:
+        """Seq of the first stored record (0: none)."""
+        with self._remap_lock, self._env.begin(db=self._wal_db) as txn:
+            cursor = txn.cursor()
+            return key_seq(cursor.key()) if cursor.first() else 0
+
+    def open_db(self, name: bytes) -> Any:
+        """A named database of this environment (for other storage code)."""
+        return self._env.open_db(name)
+
+    def write(self, work: Callable[[Any], _T]) -> _T:
+        """Run ``work(txn)`` in one write transaction and commit it (durable with sync=True); on
+        a full map, grow it and run ``work`` again in a new transaction."""
+        def run() -> _T:
+            with self._env.begin(write=True) as txn:
+                return work(txn)
+
+        return self._growing_map_as_needed(run)
+
+    def read(self, work: Callable[[Any], _T]) -> _T:
+        """Run ``work(txn)`` in one short read transaction (never across a yield)."""
+        with self._remap_lock, self._env.begin() as txn:
+            return work(txn)
 
     def get_meta(self, key: bytes) -> bytes | None:
         """The value stored under ``key`` in the meta database, or None."""

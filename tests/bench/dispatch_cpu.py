@@ -9,7 +9,9 @@ encoding and commit, leases, and whatever telemetry adds to them.
     python -m tests.bench.dispatch_cpu [--tasks 20000] [--batch 1000] [--rounds 5]
 
 Variants: off; metrics (LoopMetrics called once per step); tracing (a submission span per batch,
-trace context in every spec and lease; spans go to a batching exporter that drops them); both.
+trace context in every spec and lease; spans go to a batching exporter that drops them); both;
+retention (retention 7 days tracked, snapshots every --snapshot-every records: their capture on
+the loop counts, their writing in a worker thread does not).
 Prints the median and minimum over rounds of µs of loop CPU per task for each, run interleaved,
 with the garbage collector off unless --gc (it adds the same random pauses to every variant).
 """
@@ -38,7 +40,9 @@ from coordinator.storage.wal import WriteAheadLog
 from coordinator.telemetry.metrics import LoopMetrics
 from coordinator.telemetry.tracing import SubmissionTracing
 
-VARIANTS = ("off", "metrics", "tracing", "both")
+VARIANTS = ("off", "metrics", "tracing", "both", "retention")
+SNAPSHOT_EVERY = [100_000]  # --snapshot-every (variant "retention": retention 7 days + snapshots)
+SNAPSHOT_CAPTURE_MS: list[float] = []  # per snapshot of variant "retention": the loop's stall
 
 
 class _GrpcContext:
@@ -60,10 +64,17 @@ async def run_once(variant: str, n: int, batch: int, tracer) -> float:
     """µs of loop-thread CPU per task inside the loop's steps."""
     with tempfile.TemporaryDirectory(prefix="corral-dispatch-cpu-") as tmp:
         wal = WriteAheadLog(tmp, sync=False)
-        projection = Projection()
+        retention = variant == "retention"
+        projection = Projection(track_expiry=retention)
         metrics = LoopMetrics(projection) if variant in ("metrics", "both") else None
+        snapshotter = None
+        if retention:
+            from coordinator.dispatch.snapshotter import Snapshotter
+            from coordinator.storage.snapshots import SnapshotStore
+            snapshotter = Snapshotter(SnapshotStore(wal), projection, SNAPSHOT_EVERY[0])
         loop = loop_mod.DispatchLoop(wal, projection, Fleet(lease_ttl_ms=60_000), coordinator_id="bench",
-                                     heartbeat_interval_ms=20_000, metrics=metrics)
+                                     heartbeat_interval_ms=20_000, metrics=metrics,
+                                     retention_ms=7 * 86_400_000 if retention else 0, snapshotter=snapshotter)
         step_cpu = 0.0
         original_step = loop._step
 
@@ -117,6 +128,10 @@ async def run_once(variant: str, n: int, batch: int, tracer) -> float:
         loop.stop()
         actor_task.cancel()
         await runner
+        if snapshotter is not None:
+            await snapshotter.wait()
+            if snapshotter.written:
+                SNAPSHOT_CAPTURE_MS.append(snapshotter.max_capture_s * 1000)
         wal.close()
         if metrics is not None:
             METRICS_CPU.append(metrics_cpu / n * 1e6)
@@ -128,12 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--snapshot-every", type=int, default=100_000,
+                        help="variant retention: a snapshot every this many WAL records")
     parser.add_argument("--gc", action="store_true",
                         help="keep the garbage collector on (as in the coordinator: its pauses land at random "
                              "in some step and make the figures much noisier)")
     args = parser.parse_args(argv)
     # Every step commits on the loop's thread, so its CPU is measured whole (see the docstring).
     loop_mod.INLINE_COMMIT_MAX_RECORDS = 1 << 30
+    SNAPSHOT_EVERY[0] = args.snapshot_every
     tracer = _tracer()
     results: dict[str, list[float]] = {v: [] for v in VARIANTS}
     if args.gc:
@@ -154,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{variant:8s} loop CPU per task: median {med:.1f} µs ({(med / base_med - 1) * 100:+.1f}%), "
               f"min {low:.1f} µs ({(low / base_min - 1) * 100:+.1f}%) vs off; runs {runs}")
     print(f"of which inside LoopMetrics.step_committed: median {statistics.median(METRICS_CPU):.2f} µs per task")
+    if SNAPSHOT_CAPTURE_MS:
+        print(f"retention: longest snapshot capture on the loop (its stall): median {statistics.median(SNAPSHOT_CAPTURE_MS):.1f} ms "
+              f"(snapshot every {args.snapshot_every} records)")
     return 0
 
 

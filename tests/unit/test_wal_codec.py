@@ -84,6 +84,7 @@ EVENT_SAMPLES: dict[str, wal_pb2.WalRecord] = {
     "schedule_resumed": wal_pb2.WalRecord(schedule_resumed=wal_pb2.ScheduleResumed(
         schedule_id="s", next_occurrence_unix_ms=1_700_000_120_000)),
     "schedule_deleted": wal_pb2.WalRecord(schedule_deleted=wal_pb2.ScheduleDeleted(schedule_id="s")),
+    "tasks_forgotten": wal_pb2.WalRecord(tasks_forgotten=wal_pb2.TasksForgotten(task_ids=["t-1", "t-2"])),
 }
 
 

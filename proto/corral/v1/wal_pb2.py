@@ -27,7 +27,7 @@ from corral.v1 import schedule_pb2 as corral_dot_v1_dot_schedule__pb2
 from corral.v1 import task_pb2 as corral_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63orral/v1/wal.proto\x12\tcorral.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18\x63orral/v1/schedule.proto\x1a\x14\x63orral/v1/task.proto\"\xb6\x06\n\tWalRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nat_unix_ms\x18\x02 \x01(\x03\x12\x32\n\x0etask_submitted\x18\n \x01(\x0b\x32\x18.corral.v1.TaskSubmittedH\x00\x12\x30\n\rlease_granted\x18\x0b \x01(\x0b\x32\x17.corral.v1.LeaseGrantedH\x00\x12\x30\n\rattempt_ended\x18\x0c \x01(\x0b\x32\x17.corral.v1.AttemptEndedH\x00\x12\x39\n\x12task_state_changed\x18\r \x01(\x0b\x32\x1b.corral.v1.TaskStateChangedH\x00\x12\x36\n\x10\x63\x61ncel_requested\x18\x0e \x01(\x0b\x32\x1a.corral.v1.CancelRequestedH\x00\x12\x36\n\x10\x61\x63tor_registered\x18\x0f \x01(\x0b\x32\x1a.corral.v1.ActorRegisteredH\x00\x12\x34\n\x0f\x64ispatch_paused\x18\x14 \x01(\x0b\x32\x19.corral.v1.DispatchPausedH\x00\x12\x36\n\x10\x64ispatch_resumed\x18\x15 \x01(\x0b\x32\x1a.corral.v1.DispatchResumedH\x00\x12<\n\x13\x64\x65pendency_declared\x18\x1e \x01(\x0b\x32\x1d.corral.v1.DependencyDeclaredH\x00\x12\x36\n\x10schedule_created\x18\x32 \x01(\x0b\x32\x1a.corral.v1.ScheduleCreatedH\x00\x12\x32\n\x0eschedule_fired\x18\x33 \x01(\x0b\x32\x18.corral.v1.ScheduleFiredH\x00\x12\x34\n\x0fschedule_paused\x18\x34 \x01(\x0b\x32\x19.corral.v1.SchedulePausedH\x00\x12\x36\n\x10schedule_resumed\x18\x35 \x01(\x0b\x32\x1a.corral.v1.ScheduleResumedH\x00\x12\x36\n\x10schedule_deleted\x18\x36 \x01(\x0b\x32\x1a.corral.v1.ScheduleDeletedH\x00\x42\x07\n\x05\x65vent\"\x82\x01\n\rTaskSubmitted\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.corral.v1.TaskSpec\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x18\n\x10ready_at_unix_ms\x18\x04 \x01(\x03\"\x8e\x01\n\x0cLeaseGranted\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x15\n\rfencing_token\x18\x03 \x01(\x03\x12\x10\n\x08\x61\x63tor_id\x18\x04 \x01(\t\x12\x19\n\x11\x61\x63tor_incarnation\x18\x05 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x06 \x01(\x03\"\xb8\x02\n\x0c\x41ttemptEnded\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x15\n\rfencing_token\x18\x03 \x01(\x03\x12*\n\x07outcome\x18\x04 \x01(\x0e\x32\x19.corral.v1.AttemptOutcome\x12(\n\x06output\x18\x05 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x16\n\x0coutput_bytes\x18\x06 \x01(\x0cH\x00\x12#\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x14.corral.v1.TaskError\x12(\n\nnext_state\x18\x08 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x18\n\x10ready_at_unix_ms\x18\t \x01(\x03\x12\x0e\n\x06reason\x18\n \x01(\tB\x08\n\x06result\"}\n\x10TaskStateChanged\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x14.corral.v1.TaskError\"2\n\x0f\x43\x61ncelRequested\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x0f\x41\x63torRegistered\x12-\n\x08identity\x18\x01 \x01(\x0b\x32\x1b.corral.v1.ExecutorIdentity\" \n\x0e\x44ispatchPaused\x12\x0e\n\x06reason\x18\x01 \x01(\t\"!\n\x0f\x44ispatchResumed\x12\x0e\n\x06reason\x18\x01 \x01(\t\"9\n\x12\x44\x65pendencyDeclared\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\ndepends_on\x18\x02 \x03(\t\"8\n\x0fScheduleCreated\x12%\n\x08schedule\x18\x01 \x01(\x0b\x32\x13.corral.v1.Schedule\"\xc3\x01\n\rScheduleFired\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12#\n\x1b\x63reated_occurrences_unix_ms\x18\x02 \x03(\x03\x12\x10\n\x08task_ids\x18\x03 \x03(\t\x12\x0f\n\x07skipped\x18\x04 \x01(\x03\x12\x13\n\x0bskip_reason\x18\x05 \x01(\t\x12\x1f\n\x17last_occurrence_unix_ms\x18\x06 \x01(\x03\x12\x1f\n\x17next_occurrence_unix_ms\x18\x07 \x01(\x03\"5\n\x0eSchedulePaused\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"G\n\x0fScheduleResumed\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x1f\n\x17next_occurrence_unix_ms\x18\x02 \x01(\x03\"&\n\x0fScheduleDeleted\x12\x13\n\x0bschedule_id\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63orral/v1/wal.proto\x12\tcorral.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18\x63orral/v1/schedule.proto\x1a\x14\x63orral/v1/task.proto\"\xec\x06\n\tWalRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nat_unix_ms\x18\x02 \x01(\x03\x12\x32\n\x0etask_submitted\x18\n \x01(\x0b\x32\x18.corral.v1.TaskSubmittedH\x00\x12\x30\n\rlease_granted\x18\x0b \x01(\x0b\x32\x17.corral.v1.LeaseGrantedH\x00\x12\x30\n\rattempt_ended\x18\x0c \x01(\x0b\x32\x17.corral.v1.AttemptEndedH\x00\x12\x39\n\x12task_state_changed\x18\r \x01(\x0b\x32\x1b.corral.v1.TaskStateChangedH\x00\x12\x36\n\x10\x63\x61ncel_requested\x18\x0e \x01(\x0b\x32\x1a.corral.v1.CancelRequestedH\x00\x12\x36\n\x10\x61\x63tor_registered\x18\x0f \x01(\x0b\x32\x1a.corral.v1.ActorRegisteredH\x00\x12\x34\n\x0f\x64ispatch_paused\x18\x14 \x01(\x0b\x32\x19.corral.v1.DispatchPausedH\x00\x12\x36\n\x10\x64ispatch_resumed\x18\x15 \x01(\x0b\x32\x1a.corral.v1.DispatchResumedH\x00\x12<\n\x13\x64\x65pendency_declared\x18\x1e \x01(\x0b\x32\x1d.corral.v1.DependencyDeclaredH\x00\x12\x36\n\x10schedule_created\x18\x32 \x01(\x0b\x32\x1a.corral.v1.ScheduleCreatedH\x00\x12\x32\n\x0eschedule_fired\x18\x33 \x01(\x0b\x32\x18.corral.v1.ScheduleFiredH\x00\x12\x34\n\x0fschedule_paused\x18\x34 \x01(\x0b\x32\x19.corral.v1.SchedulePausedH\x00\x12\x36\n\x10schedule_resumed\x18\x35 \x01(\x0b\x32\x1a.corral.v1.ScheduleResumedH\x00\x12\x36\n\x10schedule_deleted\x18\x36 \x01(\x0b\x32\x1a.corral.v1.ScheduleDeletedH\x00\x12\x34\n\x0ftasks_forgotten\x18< \x01(\x0b\x32\x19.corral.v1.TasksForgottenH\x00\x42\x07\n\x05\x65vent\"\x82\x01\n\rTaskSubmitted\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.corral.v1.TaskSpec\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x18\n\x10ready_at_unix_ms\x18\x04 \x01(\x03\"\x8e\x01\n\x0cLeaseGranted\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x15\n\rfencing_token\x18\x03 \x01(\x03\x12\x10\n\x08\x61\x63tor_id\x18\x04 \x01(\t\x12\x19\n\x11\x61\x63tor_incarnation\x18\x05 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x06 \x01(\x03\"\xb8\x02\n\x0c\x41ttemptEnded\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x15\n\rfencing_token\x18\x03 \x01(\x03\x12*\n\x07outcome\x18\x04 \x01(\x0e\x32\x19.corral.v1.AttemptOutcome\x12(\n\x06output\x18\x05 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x16\n\x0coutput_bytes\x18\x06 \x01(\x0cH\x00\x12#\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x14.corral.v1.TaskError\x12(\n\nnext_state\x18\x08 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x18\n\x10ready_at_unix_ms\x18\t \x01(\x03\x12\x0e\n\x06reason\x18\n \x01(\tB\x08\n\x06result\"}\n\x10TaskStateChanged\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x14.corral.v1.TaskError\"2\n\x0f\x43\x61ncelRequested\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x0f\x41\x63torRegistered\x12-\n\x08identity\x18\x01 \x01(\x0b\x32\x1b.corral.v1.ExecutorIdentity\" \n\x0e\x44ispatchPaused\x12\x0e\n\x06reason\x18\x01 \x01(\t\"!\n\x0f\x44ispatchResumed\x12\x0e\n\x06reason\x18\x01 \x01(\t\"9\n\x12\x44\x65pendencyDeclared\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\ndepends_on\x18\x02 \x03(\t\"8\n\x0fScheduleCreated\x12%\n\x08schedule\x18\x01 \x01(\x0b\x32\x13.corral.v1.Schedule\"\xc3\x01\n\rScheduleFired\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12#\n\x1b\x63reated_occurrences_unix_ms\x18\x02 \x03(\x03\x12\x10\n\x08task_ids\x18\x03 \x03(\t\x12\x0f\n\x07skipped\x18\x04 \x01(\x03\x12\x13\n\x0bskip_reason\x18\x05 \x01(\t\x12\x1f\n\x17last_occurrence_unix_ms\x18\x06 \x01(\x03\x12\x1f\n\x17next_occurrence_unix_ms\x18\x07 \x01(\x03\"5\n\x0eSchedulePaused\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"G\n\x0fScheduleResumed\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x1f\n\x17next_occurrence_unix_ms\x18\x02 \x01(\x03\"&\n\x0fScheduleDeleted\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"\"\n\x0eTasksForgotten\x12\x10\n\x08task_ids\x18\x01 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,33 +35,35 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.wal_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WALRECORD']._serialized_start=113
-  _globals['_WALRECORD']._serialized_end=935
-  _globals['_TASKSUBMITTED']._serialized_start=938
-  _globals['_TASKSUBMITTED']._serialized_end=1068
-  _globals['_LEASEGRANTED']._serialized_start=1071
-  _globals['_LEASEGRANTED']._serialized_end=1213
-  _globals['_ATTEMPTENDED']._serialized_start=1216
-  _globals['_ATTEMPTENDED']._serialized_end=1528
-  _globals['_TASKSTATECHANGED']._serialized_start=1530
-  _globals['_TASKSTATECHANGED']._serialized_end=1655
-  _globals['_CANCELREQUESTED']._serialized_start=1657
-  _globals['_CANCELREQUESTED']._serialized_end=1707
-  _globals['_ACTORREGISTERED']._serialized_start=1709
-  _globals['_ACTORREGISTERED']._serialized_end=1773
-  _globals['_DISPATCHPAUSED']._serialized_start=1775
-  _globals['_DISPATCHPAUSED']._serialized_end=1807
-  _globals['_DISPATCHRESUMED']._serialized_start=1809
-  _globals['_DISPATCHRESUMED']._serialized_end=1842
-  _globals['_DEPENDENCYDECLARED']._serialized_start=1844
-  _globals['_DEPENDENCYDECLARED']._serialized_end=1901
-  _globals['_SCHEDULECREATED']._serialized_start=1903
-  _globals['_SCHEDULECREATED']._serialized_end=1959
-  _globals['_SCHEDULEFIRED']._serialized_start=1962
-  _globals['_SCHEDULEFIRED']._serialized_end=2157
-  _globals['_SCHEDULEPAUSED']._serialized_start=2159
-  _globals['_SCHEDULEPAUSED']._serialized_end=2212
-  _globals['_SCHEDULERESUMED']._serialized_start=2214
-  _globals['_SCHEDULERESUMED']._serialized_end=2285
-  _globals['_SCHEDULEDELETED']._serialized_start=2287
-  _globals['_SCHEDULEDELETED']._serialized_end=2325
+  _globals['_WALRECORD']._serialized_end=989
+  _globals['_TASKSUBMITTED']._serialized_start=992
+  _globals['_TASKSUBMITTED']._serialized_end=1122
+  _globals['_LEASEGRANTED']._serialized_start=1125
+  _globals['_LEASEGRANTED']._serialized_end=1267
+  _globals['_ATTEMPTENDED']._serialized_start=1270
+  _globals['_ATTEMPTENDED']._serialized_end=1582
+  _globals['_TASKSTATECHANGED']._serialized_start=1584
+  _globals['_TASKSTATECHANGED']._serialized_end=1709
+  _globals['_CANCELREQUESTED']._serialized_start=1711
+  _globals['_CANCELREQUESTED']._serialized_end=1761
+  _globals['_ACTORREGISTERED']._serialized_start=1763
+  _globals['_ACTORREGISTERED']._serialized_end=1827
+  _globals['_DISPATCHPAUSED']._serialized_start=1829
+  _globals['_DISPATCHPAUSED']._serialized_end=1861
+  _globals['_DISPATCHRESUMED']._serialized_start=1863
+  _globals['_DISPATCHRESUMED']._serialized_end=1896
+  _globals['_DEPENDENCYDECLARED']._serialized_start=1898
+  _globals['_DEPENDENCYDECLARED']._serialized_end=1955
+  _globals['_SCHEDULECREATED']._serialized_start=1957
+  _globals['_SCHEDULECREATED']._serialized_end=2013
+  _globals['_SCHEDULEFIRED']._serialized_start=2016
+  _globals['_SCHEDULEFIRED']._serialized_end=2211
+  _globals['_SCHEDULEPAUSED']._serialized_start=2213
+  _globals['_SCHEDULEPAUSED']._serialized_end=2266
+  _globals['_SCHEDULERESUMED']._serialized_start=2268
+  _globals['_SCHEDULERESUMED']._serialized_end=2339
+  _globals['_SCHEDULEDELETED']._serialized_start=2341
+  _globals['_SCHEDULEDELETED']._serialized_end=2379
+  _globals['_TASKSFORGOTTEN']._serialized_start=2381
+  _globals['_TASKSFORGOTTEN']._serialized_end=2415
 # @@protoc_insertion_point(module_scope)

@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WalRecord(_message.Message):
-    __slots__ = ("seq", "at_unix_ms", "task_submitted", "lease_granted", "attempt_ended", "task_state_changed", "cancel_requested", "actor_registered", "dispatch_paused", "dispatch_resumed", "dependency_declared", "schedule_created", "schedule_fired", "schedule_paused", "schedule_resumed", "schedule_deleted")
+    __slots__ = ("seq", "at_unix_ms", "task_submitted", "lease_granted", "attempt_ended", "task_state_changed", "cancel_requested", "actor_registered", "dispatch_paused", "dispatch_resumed", "dependency_declared", "schedule_created", "schedule_fired", "schedule_paused", "schedule_resumed", "schedule_deleted", "tasks_forgotten")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TASK_SUBMITTED_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class WalRecord(_message.Message):
     SCHEDULE_PAUSED_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_RESUMED_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_DELETED_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
     seq: int
     at_unix_ms: int
     task_submitted: TaskSubmitted
@@ -43,7 +44,8 @@ class WalRecord(_message.Message):
     schedule_paused: SchedulePaused
     schedule_resumed: ScheduleResumed
     schedule_deleted: ScheduleDeleted
-    def __init__(self, seq: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., task_submitted: _Optional[_Union[TaskSubmitted, _Mapping]] = ..., lease_granted: _Optional[_Union[LeaseGranted, _Mapping]] = ..., attempt_ended: _Optional[_Union[AttemptEnded, _Mapping]] = ..., task_state_changed: _Optional[_Union[TaskStateChanged, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., actor_registered: _Optional[_Union[ActorRegistered, _Mapping]] = ..., dispatch_paused: _Optional[_Union[DispatchPaused, _Mapping]] = ..., dispatch_resumed: _Optional[_Union[DispatchResumed, _Mapping]] = ..., dependency_declared: _Optional[_Union[DependencyDeclared, _Mapping]] = ..., schedule_created: _Optional[_Union[ScheduleCreated, _Mapping]] = ..., schedule_fired: _Optional[_Union[ScheduleFired, _Mapping]] = ..., schedule_paused: _Optional[_Union[SchedulePaused, _Mapping]] = ..., schedule_resumed: _Optional[_Union[ScheduleResumed, _Mapping]] = ..., schedule_deleted: _Optional[_Union[ScheduleDeleted, _Mapping]] = ...) -> None: ...
+    tasks_forgotten: TasksForgotten
+    def __init__(self, seq: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., task_submitted: _Optional[_Union[TaskSubmitted, _Mapping]] = ..., lease_granted: _Optional[_Union[LeaseGranted, _Mapping]] = ..., attempt_ended: _Optional[_Union[AttemptEnded, _Mapping]] = ..., task_state_changed: _Optional[_Union[TaskStateChanged, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., actor_registered: _Optional[_Union[ActorRegistered, _Mapping]] = ..., dispatch_paused: _Optional[_Union[DispatchPaused, _Mapping]] = ..., dispatch_resumed: _Optional[_Union[DispatchResumed, _Mapping]] = ..., dependency_declared: _Optional[_Union[DependencyDeclared, _Mapping]] = ..., schedule_created: _Optional[_Union[ScheduleCreated, _Mapping]] = ..., schedule_fired: _Optional[_Union[ScheduleFired, _Mapping]] = ..., schedule_paused: _Optional[_Union[SchedulePaused, _Mapping]] = ..., schedule_resumed: _Optional[_Union[ScheduleResumed, _Mapping]] = ..., schedule_deleted: _Optional[_Union[ScheduleDeleted, _Mapping]] = ..., tasks_forgotten: _Optional[_Union[TasksForgotten, _Mapping]] = ...) -> None: ...
 
 class TaskSubmitted(_message.Message):
     __slots__ = ("task_id", "spec", "state", "ready_at_unix_ms")
@@ -188,3 +190,9 @@ class ScheduleDeleted(_message.Message):
     SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
     schedule_id: str
     def __init__(self, schedule_id: _Optional[str] = ...) -> None: ...
+
+class TasksForgotten(_message.Message):
+    __slots__ = ("task_ids",)
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_ids: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -1,0 +1,225 @@
+"""Snapshots of the projection: conversion between the projection and `corral.v1` snapshot
+messages (proto/corral/v1/snapshot.proto), and rebuilding every derived index on load.
+
+Owns: what a snapshot holds and how a loaded one becomes a projection equal to the one it was
+taken from (`Projection.fingerprint()` equal to a full replay's). One function per direction:
+`task_to_proto` / `task_from_proto` for a task, `capture_head` / `load` for the rest. A field added
+to TaskRecord or to the projection's durable globals must be added here (and to snapshot.proto);
+tests/unit/test_snapshot.py compares fingerprints on a rich WAL and catches a missing one.
+
+What is stored and what is rebuilt:
+- stored per task: everything in TaskRecord.as_tuple(), plus started_once, ordinal, the ready-queue
+  sort key (`ready_key`) and whether it occupies its concurrency key (`holds_key`: admitted READY
+  tasks are occupants, and only the index knows it);
+- stored globals: highest_token, submitted_count, the ready-order counter, actors_seen, retired
+  incarnations, paused and its reason, the dependents lists (edge order is creation order, which
+  the tasks alone do not give);
+- rebuilt on load: tasks dict and ListTasks index (ordinal order), state counts, idempotency keys,
+  ready queues (same heap entries), concurrency gates (members, occupants, waiting heaps), timers,
+  the expiry queue (retention).
+
+Finished tasks never change (except `unfinished_prerequisites` of a finished dependent, which
+Projection.apply re-queues in `unsaved_finished`), so each is written once as its own row
+(coordinator/storage/snapshots.py) and the head holds only unfinished tasks.
+
+Pure: no I/O, no clock.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import Iterable
+
+from corral.v1 import snapshot_pb2, task_pb2
+
+from .model import AttemptRecord, TaskRecord
+from .projection import TIMER_ATTEMPT_DEADLINE, TIMER_PROMOTE, TIMER_SCHEDULE_TO_START, Projection
+from .states import READY, RETRY_WAIT, RUNNING, SCHEDULED, TERMINAL_STATES
+
+TaskSnapshot = snapshot_pb2.TaskSnapshot
+
+
+def task_to_proto(task: TaskRecord, holds_key: bool = False, msg: TaskSnapshot | None = None) -> TaskSnapshot:
+    """Everything durable about `task` (written into `msg` if given, e.g. a repeated field's new item)."""
+    if msg is None:
+        msg = TaskSnapshot()
+    msg.task_id = task.task_id
+    msg.spec.CopyFrom(task.spec)
+    msg.state = task.state
+    msg.created_ms = task.created_ms
+    msg.updated_ms = task.updated_ms
+    if task.ready_at_ms:
+        msg.ready_at_ms = task.ready_at_ms
+    if task.eligible_since_ms:
+        msg.eligible_since_ms = task.eligible_since_ms
+    if task.ready_order:
+        msg.ready_order = task.ready_order
+    for a in task.attempts:
+        item = msg.attempts.add(number=a.number, fencing_token=a.fencing_token, actor_id=a.actor_id,
+                                actor_incarnation=a.actor_incarnation, started_ms=a.started_ms,
+                                deadline_ms=a.deadline_ms, ended_ms=a.ended_ms, outcome=a.outcome)
+        if a.error is not None:
+            item.error.CopyFrom(a.error)
+    if task.failed_attempts:
+        msg.failed_attempts = task.failed_attempts
+    if task.lost_attempts:
+        msg.lost_attempts = task.lost_attempts
+    if task.cancel_requested:
+        msg.cancel_requested = True
+        msg.cancel_reason = task.cancel_reason
+    if task.state_reason:
+        msg.state_reason = task.state_reason
+    if task.error is not None:
+        msg.error.CopyFrom(task.error)
+    if task.result is not None:
+        msg.result.CopyFrom(task.result)
+    if task.started_once:
+        msg.started_once = True
+    msg.ordinal = task.ordinal
+    if task.prerequisites:
+        msg.prerequisites.extend(task.prerequisites)
+        msg.unfinished_prerequisites = task.unfinished_prerequisites
+    if task.ready_key:
+        msg.ready_key = task.ready_key
+    if holds_key:
+        msg.holds_key = True
+    return msg
+
+
+def task_from_proto(msg: TaskSnapshot) -> TaskRecord:
+    """The TaskRecord `msg` describes (shares its sub-messages: snapshot messages are not reused)."""
+    task = TaskRecord(msg.task_id, msg.spec, msg.state, msg.created_ms, msg.ready_at_ms)
+    task.updated_ms = msg.updated_ms
+    task.eligible_since_ms = msg.eligible_since_ms
+    task.ready_order = msg.ready_order
+    for a in msg.attempts:
+        attempt = AttemptRecord(a.number, a.fencing_token, a.actor_id, a.actor_incarnation, a.started_ms,
+                                a.deadline_ms)
+        attempt.ended_ms = a.ended_ms
+        attempt.outcome = a.outcome
+        if a.HasField("error"):
+            attempt.error = a.error
+        task.attempts.append(attempt)
+    task.failed_attempts = msg.failed_attempts
+    task.lost_attempts = msg.lost_attempts
+    task.cancel_requested = msg.cancel_requested
+    task.cancel_reason = msg.cancel_reason
+    task.state_reason = msg.state_reason
+    if msg.HasField("error"):
+        task.error = msg.error
+    if msg.HasField("result"):
+        task.result = msg.result
+    task.started_once = msg.started_once
+    task.ordinal = msg.ordinal
+    if msg.prerequisites:
+        task.prerequisites = list(msg.prerequisites)
+        task.unfinished_prerequisites = msg.unfinished_prerequisites
+    task.ready_key = msg.ready_key
+    return task
+
+
+def finished_row(task: TaskRecord) -> bytes:
+    """The serialized row of a finished task."""
+    return task_to_proto(task).SerializeToString()
+
+
+def live_tasks(projection: Projection) -> list[TaskRecord]:
+    """The unfinished tasks, in ordinal order."""
+    return [t for t in projection.tasks.values() if t.state not in TERMINAL_STATES]
+
+
+def capture_head(projection: Projection, seq: int, at_unix_ms: int, finished_tasks: int,
+                 forgotten_ordinals: Iterable[int] = ()) -> snapshot_pb2.SnapshotHead:
+    """Globals and every unfinished task, as of WAL seq `seq` (the projection must be exactly the
+    state after applying record `seq`)."""
+    head = snapshot_pb2.SnapshotHead(
+        seq=seq, at_unix_ms=at_unix_ms, highest_token=projection.highest_token,
+        submitted_count=projection.submitted_count, ready_order=projection._ready_order,
+        paused=projection.paused, pause_reason=projection.pause_reason, finished_tasks=finished_tasks)
+    for actor_id in sorted(projection.actors_seen):
+        head.actors_seen.append(projection.actors_seen[actor_id])
+    for actor_id, incarnation in sorted(projection.retired_incarnations):
+        head.retired_incarnations.add(actor_id=actor_id, incarnation=incarnation)
+    holds = projection.concurrency.holds
+    add = head.live_tasks.add
+    for task in live_tasks(projection):
+        key = task.concurrency_key
+        task_to_proto(task, bool(key) and holds(task.task_id, key), add())
+    for task_id, dependents in projection.dependents.items():
+        head.dependents.add(task_id=task_id, dependents=dependents)
+    head.forgotten_ordinals.extend(forgotten_ordinals)
+    return head
+
+
+class SnapshotMismatch(Exception):
+    """A snapshot whose parts do not fit together (missing rows, duplicate tasks)."""
+
+
+def load(projection: Projection, head: snapshot_pb2.SnapshotHead, finished: Iterable[TaskSnapshot]) -> None:
+    """Fill a fresh `projection` from a snapshot: `head` and the finished-task rows (any order)."""
+    if projection.tasks or projection.last_seq:
+        raise ValueError("load needs a fresh projection")
+    projection.highest_token = head.highest_token
+    projection.submitted_count = head.submitted_count
+    projection._ready_order = head.ready_order
+    projection.paused = head.paused
+    projection.pause_reason = head.pause_reason
+    projection.last_seq = head.seq
+    for identity in head.actors_seen:
+        copy = task_pb2.ExecutorIdentity()
+        copy.CopyFrom(identity)
+        projection.actors_seen[identity.actor_id] = copy
+    for retired in head.retired_incarnations:
+        projection.retired_incarnations.add((retired.actor_id, retired.incarnation))
+    finished_tasks = [task_from_proto(msg) for msg in finished]
+    if len(finished_tasks) != head.finished_tasks:
+        raise SnapshotMismatch(f"snapshot {head.seq}: {len(finished_tasks)} finished-task rows, "
+                               f"expected {head.finished_tasks}")
+    live = [(task_from_proto(msg), msg.holds_key) for msg in head.live_tasks]
+    everything = finished_tasks + [task for task, _ in live]
+    everything.sort(key=lambda t: t.ordinal)  # the tasks dict's order is submission order
+    tasks = projection.tasks
+    idempotency = projection.idempotency
+    counts = projection.state_counts
+    by_ordinal = {}
+    for task in everything:
+        if task.task_id in tasks:
+            raise SnapshotMismatch(f"snapshot {head.seq}: task {task.task_id!r} appears twice")
+        tasks[task.task_id] = task
+        by_ordinal[task.ordinal] = task
+        counts[task.state] += 1
+        key = task.spec.idempotency_key
+        if key:
+            idempotency[key] = task.task_id
+    projection.by_ordinal.update(by_ordinal)
+    for entry in head.dependents:
+        projection.dependents[entry.task_id] = list(entry.dependents)
+    concurrency = projection.concurrency
+    grace = projection.deadline_grace_ms
+    add_timer = projection._add_timer
+    for task, holds_key in live:
+        task_id = task.task_id
+        state = task.state
+        gate = None
+        if task.concurrency_key:
+            concurrency.add_member(task)
+            gate = concurrency.gates[task.concurrency_key]
+            if holds_key:
+                gate.occupants.add(task_id)
+        if state == READY:
+            entry = (task.ready_key, task.ready_order, task_id)
+            if gate is None or holds_key:
+                projection.push_ready(task, entry)
+            else:
+                heapq.heappush(gate.waiting, entry)
+                gate.waiting_count += 1
+        elif state == SCHEDULED or state == RETRY_WAIT:
+            add_timer(task.ready_at_ms, TIMER_PROMOTE, task_id, 0)
+        elif state == RUNNING:
+            attempt = task.attempts[-1]
+            add_timer(attempt.deadline_ms + grace, TIMER_ATTEMPT_DEADLINE, task_id, attempt.number)
+        if task.schedule_to_start_ms and task.eligible_since_ms and not task.started_once:
+            add_timer(task.eligible_since_ms + task.schedule_to_start_ms, TIMER_SCHEDULE_TO_START, task_id, 0)
+    if projection.expiry is not None:
+        finished_tasks.sort(key=lambda t: (t.updated_ms, t.ordinal))
+        projection.expiry = deque(t.task_id for t in finished_tasks)
