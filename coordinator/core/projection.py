@@ -379,6 +379,8 @@ class Projection:
         parent.unfinished_children -= 1
         if state != SUCCEEDED and not spec.allow_failure and not parent.failed_child:
             parent.failed_child = task.task_id
+        if self.unsaved_finished is not None and parent.state in TERMINAL_STATES:
+            self.unsaved_finished.append(parent)  # a finished task changed: rewrite its row
 
     def _add_prerequisites(self, task: TaskRecord, prerequisite_ids) -> None:
         """Index the edges task -> prerequisites; count the prerequisites not SUCCEEDED yet."""
@@ -448,6 +450,20 @@ class Projection:
                     edges.remove(task_id)
                     if not edges:
                         del dependents[prerequisite_id]
+        if task.parent_id:  # children (core/children.py): the parent no longer lists it
+            parent = self.tasks.get(task.parent_id)
+            if parent is not None:
+                parent.children.remove(task_id)
+                self.child_keys.pop((parent.task_id, task.spec.child_key), None)
+                if self.unsaved_finished is not None and parent.state in TERMINAL_STATES:
+                    self.unsaved_finished.append(parent)  # a finished task changed: rewrite its row
+        if task.children:  # its children's keys go with it (they keep naming their parent)
+            child_keys = self.child_keys
+            tasks = self.tasks
+            for child_id in task.children:
+                child = tasks.get(child_id)
+                if child is not None:
+                    child_keys.pop((task_id, child.spec.child_key), None)
         if self.forgotten_ordinals is not None:
             self.forgotten_ordinals.append(task.ordinal)
 

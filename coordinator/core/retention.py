@@ -39,6 +39,15 @@ def has_unfinished_dependent(projection: Projection, task_id: str) -> bool:
     return any(tasks[d].state not in TERMINAL_STATES for d in dependents)
 
 
+def has_unfinished_parent(projection: Projection, task) -> bool:
+    """A child is kept while its parent runs or waits: a retried parent attempt resubmitting its
+    key must get it back (core/children.py), and a waiting parent may still need its outcome."""
+    if not task.parent_id:
+        return False
+    parent = projection.tasks.get(task.parent_id)
+    return parent is not None and parent.state not in TERMINAL_STATES
+
+
 def due_forgets(projection: Projection, now_ms: int, retention_ms: int,
                 limit: int = MAX_VISITS_PER_STEP) -> tuple[list[str], bool]:
     """Ids of the finished tasks whose retention has passed (popped from `projection.expiry`),
@@ -64,7 +73,7 @@ def due_forgets(projection: Projection, now_ms: int, retention_ms: int,
         if task.updated_ms + retention_ms > now_ms:
             break
         expiry.popleft()
-        if has_unfinished_dependent(projection, task_id):
+        if has_unfinished_dependent(projection, task_id) or has_unfinished_parent(projection, task):
             kept.append(task_id)  # looked at again once the entries before it are done
         else:
             due.append(task_id)

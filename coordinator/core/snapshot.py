@@ -33,7 +33,7 @@ from typing import Iterable
 from corral.v1 import snapshot_pb2, task_pb2
 
 from .model import AttemptRecord, TaskRecord
-from .projection import TIMER_ATTEMPT_DEADLINE, TIMER_PROMOTE, TIMER_SCHEDULE_TO_START, Projection
+from .projection import TIMER_ATTEMPT_DEADLINE, TIMER_CLOSE, TIMER_PROMOTE, TIMER_SCHEDULE_TO_START, Projection
 from .states import READY, RETRY_WAIT, RUNNING, SCHEDULED, TERMINAL_STATES
 
 TaskSnapshot = snapshot_pb2.TaskSnapshot
@@ -83,6 +83,16 @@ def task_to_proto(task: TaskRecord, holds_key: bool = False, msg: TaskSnapshot |
         msg.ready_key = task.ready_key
     if holds_key:
         msg.holds_key = True
+    if task.parent_id:
+        msg.parent_id = task.parent_id
+        msg.depth = task.depth
+    if task.children:
+        msg.children.extend(task.children)
+        msg.unfinished_children = task.unfinished_children
+    if task.failed_child:
+        msg.failed_child = task.failed_child
+    if task.close_at_ms:
+        msg.close_at_ms = task.close_at_ms
     return msg
 
 
@@ -115,6 +125,14 @@ def task_from_proto(msg: TaskSnapshot) -> TaskRecord:
         task.prerequisites = list(msg.prerequisites)
         task.unfinished_prerequisites = msg.unfinished_prerequisites
     task.ready_key = msg.ready_key
+    if msg.parent_id:
+        task.parent_id = msg.parent_id
+        task.depth = msg.depth
+    if msg.children:
+        task.children = list(msg.children)
+        task.unfinished_children = msg.unfinished_children
+    task.failed_child = msg.failed_child
+    task.close_at_ms = msg.close_at_ms
     return task
 
 
@@ -148,7 +166,15 @@ def capture_head(projection: Projection, seq: int, at_unix_ms: int, finished_tas
     for task_id, dependents in projection.dependents.items():
         head.dependents.add(task_id=task_id, dependents=dependents)
     head.forgotten_ordinals.extend(forgotten_ordinals)
+    for schedule_id in sorted(projection.schedules):
+        head.schedules.append(projection.schedules[schedule_id])
     return head
+
+
+def _copy_schedule(schedule):
+    copy = type(schedule)()
+    copy.CopyFrom(schedule)
+    return copy
 
 
 class SnapshotMismatch(Exception):
@@ -192,6 +218,12 @@ def load(projection: Projection, head: snapshot_pb2.SnapshotHead, finished: Iter
         if key:
             idempotency[key] = task.task_id
     projection.by_ordinal.update(by_ordinal)
+    child_keys = projection.child_keys
+    for task in everything:  # children whose parent is still known (both are, or neither key is)
+        if task.parent_id and task.parent_id in tasks:
+            child_keys[(task.parent_id, task.spec.child_key)] = task.task_id
+    if head.schedules:
+        projection.schedules = {s.spec.schedule_id: _copy_schedule(s) for s in head.schedules}
     for entry in head.dependents:
         projection.dependents[entry.task_id] = list(entry.dependents)
     concurrency = projection.concurrency
@@ -220,6 +252,8 @@ def load(projection: Projection, head: snapshot_pb2.SnapshotHead, finished: Iter
             add_timer(attempt.deadline_ms + grace, TIMER_ATTEMPT_DEADLINE, task_id, attempt.number)
         if task.schedule_to_start_ms and task.eligible_since_ms and not task.started_once:
             add_timer(task.eligible_since_ms + task.schedule_to_start_ms, TIMER_SCHEDULE_TO_START, task_id, 0)
+        if task.close_at_ms:
+            add_timer(task.close_at_ms, TIMER_CLOSE, task_id, 0)
     if projection.expiry is not None:
         finished_tasks.sort(key=lambda t: (t.updated_ms, t.ordinal))
         projection.expiry = deque(t.task_id for t in finished_tasks)

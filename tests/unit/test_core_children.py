@@ -26,7 +26,7 @@ class TreeSim(Sim):
         record.at_unix_ms = self.now  # what the WAL stamps at commit (replay applies at this time)
         super().emit(record)
         kind = record.WhichOneof("event")
-        task = self.projection.tasks.get(getattr(record, kind).task_id if kind != "actor_registered" else "")
+        task = self.projection.tasks.get(getattr(getattr(record, kind), "task_id", ""))
         if task is None:
             return record
         if is_terminal(task.state):

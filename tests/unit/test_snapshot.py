@@ -289,3 +289,59 @@ def test_empty_ready_queue_keys_are_dropped() -> None:
         sim.report("y1", O.ATTEMPT_OUTCOME_SUCCEEDED)
         sim.grant()
         assert sim.projection.ready_queues == {} and sim.projection.ready_count == 0
+
+
+def children_history() -> list[wal_pb2.WalRecord]:
+    """Parents waiting for children, a failed child failing its parent, a detached child, a
+    running child canceled with its parent, a total timeout, a schedule, and forgotten children."""
+    from corral.v1 import schedule_pb2
+
+    from .test_core_children import TreeSim
+
+    sim = TreeSim()
+    with sim.step():
+        sim.emit(wal_pb2.WalRecord(schedule_created=wal_pb2.ScheduleCreated(schedule=schedule_pb2.Schedule(
+            spec=schedule_pb2.ScheduleSpec(schedule_id="s1", interval={"seconds": 60},
+                                           task=O.TaskSpec(type="t")),
+            state=schedule_pb2.SCHEDULE_STATE_ACTIVE, next_occurrence={"seconds": T0 // 1000 + 60}))))
+        for pid in ("p", "q", "r"):
+            sim.submit(pid)
+            sim.run(pid)
+    with sim.step(sim.now + 10):
+        sim.child("p", "a", "pa")
+        sim.child("p", "b", "pb", allow_failure=True)
+        sim.child("p", "d", "pd", detached=True)
+        sim.child("q", "a", "qa")
+        sim.child("r", "a", "ra")
+        closing = spec(now_ms=sim.now)
+        closing.schedule_to_close_timeout.FromMilliseconds(5_000)
+        sim.submit("z", closing)
+    with sim.step(sim.now + 10):
+        sim.ok("p", {"mine": 1})
+        sim.run("pa")
+        sim.run("pb")
+        sim.run("qa")
+    with sim.step(sim.now + 10):
+        sim.ok("pa")
+        sim.fail("pb")
+        sim.fail("qa")
+        sim.ok("q")
+    with sim.step(sim.now + 10):
+        sim.run("ra")
+        sim.cancel("r")
+    with sim.step(sim.now + 6_000):
+        sim.fire_timers()
+        sim.run("pd")
+        sim.ok("pd")
+    with sim.step(sim.now + 10):
+        sim.emit(wal_pb2.WalRecord(tasks_forgotten=wal_pb2.TasksForgotten(task_ids=["pa", "qa", "z"])))
+    return sim.all_records_with_seq()
+
+
+def test_snapshot_after_any_prefix_of_a_children_and_schedules_history_equals_replay() -> None:
+    records = children_history()
+    full = replay(records)
+    assert full.tasks["p"].state == State.SUCCEEDED and full.tasks["q"].state == State.FAILED
+    assert full.tasks["r"].cancel_requested and "z" not in full.tasks and "s1" in full.schedules
+    assert ("p", "b") in full.child_keys and ("p", "a") not in full.child_keys
+    check_every_cut(records)

@@ -1,3 +1,4 @@
+from corral.v1 import schedule_pb2 as _schedule_pb2
 from corral.v1 import task_pb2 as _task_pb2
 from corral.v1 import wal_pb2 as _wal_pb2
 from google.protobuf.internal import containers as _containers
@@ -43,7 +44,7 @@ class AttemptSnapshot(_message.Message):
     def __init__(self, number: _Optional[int] = ..., fencing_token: _Optional[int] = ..., actor_id: _Optional[str] = ..., actor_incarnation: _Optional[str] = ..., started_ms: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., ended_ms: _Optional[int] = ..., outcome: _Optional[_Union[_task_pb2.AttemptOutcome, str]] = ..., error: _Optional[_Union[_task_pb2.TaskError, _Mapping]] = ...) -> None: ...
 
 class TaskSnapshot(_message.Message):
-    __slots__ = ("task_id", "spec", "state", "created_ms", "updated_ms", "ready_at_ms", "eligible_since_ms", "ready_order", "attempts", "failed_attempts", "lost_attempts", "cancel_requested", "cancel_reason", "state_reason", "error", "result", "started_once", "ordinal", "prerequisites", "unfinished_prerequisites", "ready_key", "holds_key")
+    __slots__ = ("task_id", "spec", "state", "created_ms", "updated_ms", "ready_at_ms", "eligible_since_ms", "ready_order", "attempts", "failed_attempts", "lost_attempts", "cancel_requested", "cancel_reason", "state_reason", "error", "result", "started_once", "ordinal", "prerequisites", "unfinished_prerequisites", "ready_key", "holds_key", "parent_id", "depth", "children", "unfinished_children", "failed_child", "close_at_ms")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +67,12 @@ class TaskSnapshot(_message.Message):
     UNFINISHED_PREREQUISITES_FIELD_NUMBER: _ClassVar[int]
     READY_KEY_FIELD_NUMBER: _ClassVar[int]
     HOLDS_KEY_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    FAILED_CHILD_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_AT_MS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     spec: _task_pb2.TaskSpec
     state: _task_pb2.TaskState
@@ -88,7 +95,13 @@ class TaskSnapshot(_message.Message):
     unfinished_prerequisites: int
     ready_key: int
     holds_key: bool
-    def __init__(self, task_id: _Optional[str] = ..., spec: _Optional[_Union[_task_pb2.TaskSpec, _Mapping]] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., created_ms: _Optional[int] = ..., updated_ms: _Optional[int] = ..., ready_at_ms: _Optional[int] = ..., eligible_since_ms: _Optional[int] = ..., ready_order: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptSnapshot, _Mapping]]] = ..., failed_attempts: _Optional[int] = ..., lost_attempts: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., cancel_reason: _Optional[str] = ..., state_reason: _Optional[str] = ..., error: _Optional[_Union[_task_pb2.TaskError, _Mapping]] = ..., result: _Optional[_Union[_wal_pb2.AttemptEnded, _Mapping]] = ..., started_once: _Optional[bool] = ..., ordinal: _Optional[int] = ..., prerequisites: _Optional[_Iterable[str]] = ..., unfinished_prerequisites: _Optional[int] = ..., ready_key: _Optional[int] = ..., holds_key: _Optional[bool] = ...) -> None: ...
+    parent_id: str
+    depth: int
+    children: _containers.RepeatedScalarFieldContainer[str]
+    unfinished_children: int
+    failed_child: str
+    close_at_ms: int
+    def __init__(self, task_id: _Optional[str] = ..., spec: _Optional[_Union[_task_pb2.TaskSpec, _Mapping]] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., created_ms: _Optional[int] = ..., updated_ms: _Optional[int] = ..., ready_at_ms: _Optional[int] = ..., eligible_since_ms: _Optional[int] = ..., ready_order: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptSnapshot, _Mapping]]] = ..., failed_attempts: _Optional[int] = ..., lost_attempts: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., cancel_reason: _Optional[str] = ..., state_reason: _Optional[str] = ..., error: _Optional[_Union[_task_pb2.TaskError, _Mapping]] = ..., result: _Optional[_Union[_wal_pb2.AttemptEnded, _Mapping]] = ..., started_once: _Optional[bool] = ..., ordinal: _Optional[int] = ..., prerequisites: _Optional[_Iterable[str]] = ..., unfinished_prerequisites: _Optional[int] = ..., ready_key: _Optional[int] = ..., holds_key: _Optional[bool] = ..., parent_id: _Optional[str] = ..., depth: _Optional[int] = ..., children: _Optional[_Iterable[str]] = ..., unfinished_children: _Optional[int] = ..., failed_child: _Optional[str] = ..., close_at_ms: _Optional[int] = ...) -> None: ...
 
 class RetiredIncarnation(_message.Message):
     __slots__ = ("actor_id", "incarnation")
@@ -107,7 +120,7 @@ class DependentsEntry(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., dependents: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SnapshotHead(_message.Message):
-    __slots__ = ("seq", "at_unix_ms", "highest_token", "submitted_count", "ready_order", "actors_seen", "retired_incarnations", "paused", "pause_reason", "live_tasks", "dependents", "finished_tasks", "forgotten_ordinals")
+    __slots__ = ("seq", "at_unix_ms", "highest_token", "submitted_count", "ready_order", "actors_seen", "retired_incarnations", "paused", "pause_reason", "live_tasks", "dependents", "finished_tasks", "forgotten_ordinals", "schedules")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     HIGHEST_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +134,7 @@ class SnapshotHead(_message.Message):
     DEPENDENTS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_TASKS_FIELD_NUMBER: _ClassVar[int]
     FORGOTTEN_ORDINALS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
     seq: int
     at_unix_ms: int
     highest_token: int
@@ -134,4 +148,5 @@ class SnapshotHead(_message.Message):
     dependents: _containers.RepeatedCompositeFieldContainer[DependentsEntry]
     finished_tasks: int
     forgotten_ordinals: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, seq: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., highest_token: _Optional[int] = ..., submitted_count: _Optional[int] = ..., ready_order: _Optional[int] = ..., actors_seen: _Optional[_Iterable[_Union[_task_pb2.ExecutorIdentity, _Mapping]]] = ..., retired_incarnations: _Optional[_Iterable[_Union[RetiredIncarnation, _Mapping]]] = ..., paused: _Optional[bool] = ..., pause_reason: _Optional[str] = ..., live_tasks: _Optional[_Iterable[_Union[TaskSnapshot, _Mapping]]] = ..., dependents: _Optional[_Iterable[_Union[DependentsEntry, _Mapping]]] = ..., finished_tasks: _Optional[int] = ..., forgotten_ordinals: _Optional[_Iterable[int]] = ...) -> None: ...
+    schedules: _containers.RepeatedCompositeFieldContainer[_schedule_pb2.Schedule]
+    def __init__(self, seq: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., highest_token: _Optional[int] = ..., submitted_count: _Optional[int] = ..., ready_order: _Optional[int] = ..., actors_seen: _Optional[_Iterable[_Union[_task_pb2.ExecutorIdentity, _Mapping]]] = ..., retired_incarnations: _Optional[_Iterable[_Union[RetiredIncarnation, _Mapping]]] = ..., paused: _Optional[bool] = ..., pause_reason: _Optional[str] = ..., live_tasks: _Optional[_Iterable[_Union[TaskSnapshot, _Mapping]]] = ..., dependents: _Optional[_Iterable[_Union[DependentsEntry, _Mapping]]] = ..., finished_tasks: _Optional[int] = ..., forgotten_ordinals: _Optional[_Iterable[int]] = ..., schedules: _Optional[_Iterable[_Union[_schedule_pb2.Schedule, _Mapping]]] = ...) -> None: ...
