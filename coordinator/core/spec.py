@@ -53,8 +53,12 @@ def _duration_ms(field: str, d, *, allow_zero: bool) -> int:
     return ms
 
 
-def normalize_spec(spec: task_pb2.TaskSpec, field: str, limits: SpecLimits, now_ms: int) -> None:
-    """Validate `spec` in place and fill its defaults. `field` is the path prefix for errors."""
+def normalize_spec(spec: task_pb2.TaskSpec, field: str, limits: SpecLimits, now_ms: int,
+                   *, child: bool = False) -> None:
+    """Validate `spec` in place and fill its defaults. `field` is the path prefix for errors.
+
+    `child`: the spec comes from a running handler (ActorService child submission): child_key is
+    required and the child fields are allowed; from a client they are refused."""
     if spec.task_id and not TASK_ID_RE.fullmatch(spec.task_id):
         raise InvalidField(f"{field}.task_id", "must be 1-128 characters of [A-Za-z0-9._:-]")
     if not spec.type:
@@ -102,6 +106,19 @@ def normalize_spec(spec: task_pb2.TaskSpec, field: str, limits: SpecLimits, now_
         if to_ms(nb) > now_ms + MAX_NOT_BEFORE_AHEAD_MS:
             raise InvalidField(f"{field}.not_before", "must be within a year from now")
 
+    if spec.HasField("schedule_to_close_timeout"):
+        _duration_ms(f"{field}.schedule_to_close_timeout", spec.schedule_to_close_timeout, allow_zero=False)
+    if child:
+        if not spec.child_key:
+            raise InvalidField(f"{field}.child_key", "is required for a child task")
+        if not TASK_ID_RE.fullmatch(spec.child_key):
+            raise InvalidField(f"{field}.child_key", "must be 1-128 characters of [A-Za-z0-9._:-]")
+        if spec.parent_task_id:
+            raise InvalidField(f"{field}.parent_task_id", "is set by the coordinator from the parent's lease")
+    elif spec.parent_task_id or spec.child_key or spec.detached or spec.allow_failure:
+        name = next(n for n in ("parent_task_id", "child_key", "detached", "allow_failure") if getattr(spec, n))
+        raise InvalidField(f"{field}.{name}", "is only for child tasks, submitted by a running handler "
+                                              "(AttemptContext.submit_child)")
     normalize_concurrency(spec, field)
     if spec.depends_on:
         from .graph import normalize_depends_on  # graph.py imports the projection, which needs spec.py

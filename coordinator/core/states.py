@@ -24,6 +24,8 @@ class State(IntEnum):
     CANCELED = task_pb2.TASK_STATE_CANCELED
     # Prerequisites (task graphs, core/graph.py) have not all SUCCEEDED yet.
     WAITING_FOR_DEPENDENCIES = task_pb2.TASK_STATE_WAITING_FOR_DEPENDENCIES
+    # The handler returned; non-detached children (core/children.py) have not all finished.
+    WAITING_FOR_CHILDREN = task_pb2.TASK_STATE_WAITING_FOR_CHILDREN
 
 
 # Plain-int aliases for hot paths (an Enum member lookup costs more than a global int).
@@ -31,24 +33,30 @@ SCHEDULED, READY, RUNNING, RETRY_WAIT, SUCCEEDED, FAILED, CANCELED = (
     int(s) for s in (State.SCHEDULED, State.READY, State.RUNNING, State.RETRY_WAIT, State.SUCCEEDED,
                      State.FAILED, State.CANCELED))
 WAITING = int(State.WAITING_FOR_DEPENDENCIES)
+WAITING_FOR_CHILDREN = int(State.WAITING_FOR_CHILDREN)
 
 TERMINAL_STATES: frozenset[State] = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELED})
 
 # from-state -> the states it may move to. Terminal states move nowhere.
 TRANSITIONS: dict[State, frozenset[State]] = {
-    # not_before reached; canceled while waiting; prerequisites declared (DeclareDependency).
-    State.SCHEDULED: frozenset({State.READY, State.CANCELED, State.WAITING_FOR_DEPENDENCIES}),
+    # not_before reached; canceled while waiting; prerequisites declared (DeclareDependency);
+    # total (schedule-to-close) timeout, as from every non-terminal state.
+    State.SCHEDULED: frozenset({State.READY, State.CANCELED, State.WAITING_FOR_DEPENDENCIES, State.FAILED}),
     # leased; canceled; schedule-to-start timeout; prerequisites declared before its first attempt.
     State.READY: frozenset({State.RUNNING, State.CANCELED, State.FAILED, State.WAITING_FOR_DEPENDENCIES}),
-    # outcome or lease expiry: done, retry now (lost attempt), retry later, give up.
+    # outcome or lease expiry: done, retry now (lost attempt), retry later, give up; the handler
+    # returned but its children have not all finished.
     State.RUNNING: frozenset(
-        {State.SUCCEEDED, State.FAILED, State.CANCELED, State.READY, State.RETRY_WAIT}
+        {State.SUCCEEDED, State.FAILED, State.CANCELED, State.READY, State.RETRY_WAIT,
+         State.WAITING_FOR_CHILDREN}
     ),
     # backoff over; canceled while waiting.
-    State.RETRY_WAIT: frozenset({State.READY, State.CANCELED}),
+    State.RETRY_WAIT: frozenset({State.READY, State.CANCELED, State.FAILED}),
     # every prerequisite SUCCEEDED (SCHEDULED if its not_before is ahead); a prerequisite failed
     # or was canceled, or the task was canceled.
-    State.WAITING_FOR_DEPENDENCIES: frozenset({State.READY, State.SCHEDULED, State.CANCELED}),
+    State.WAITING_FOR_DEPENDENCIES: frozenset({State.READY, State.SCHEDULED, State.CANCELED, State.FAILED}),
+    # the last child finished; a child that may not fail failed; canceled; total timeout.
+    State.WAITING_FOR_CHILDREN: frozenset({State.SUCCEEDED, State.FAILED, State.CANCELED}),
     State.SUCCEEDED: frozenset(),
     State.FAILED: frozenset(),
     State.CANCELED: frozenset(),

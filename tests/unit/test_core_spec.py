@@ -390,6 +390,11 @@ def _mutations():
         m("concurrency_policy", lambda s: setattr(s, "concurrency_policy", task_pb2.CONCURRENCY_POLICY_DROP_NEW)),
         m("hold_key_during_retry", lambda s: setattr(s, "hold_key_during_retry", True)),
         m("depends_on", lambda s: s.depends_on.append("prereq-2")),
+        m("schedule_to_close_timeout", lambda s: s.schedule_to_close_timeout.FromMilliseconds(70_001)),
+        m("parent_task_id", lambda s: setattr(s, "parent_task_id", "p-2")),
+        m("child_key", lambda s: setattr(s, "child_key", "k-2")),
+        m("detached", lambda s: setattr(s, "detached", True)),
+        m("allow_failure", lambda s: setattr(s, "allow_failure", True)),
     ]
 
 

@@ -20,6 +20,12 @@ EXPECTED_ALLOWED = {
     (State.SCHEDULED, State.WAITING_FOR_DEPENDENCIES), (State.READY, State.WAITING_FOR_DEPENDENCIES),
     (State.WAITING_FOR_DEPENDENCIES, State.READY), (State.WAITING_FOR_DEPENDENCIES, State.SCHEDULED),
     (State.WAITING_FOR_DEPENDENCIES, State.CANCELED),
+    # children: the handler returned, children pending; the last child ended / one failed / cancel.
+    (State.RUNNING, State.WAITING_FOR_CHILDREN), (State.WAITING_FOR_CHILDREN, State.SUCCEEDED),
+    (State.WAITING_FOR_CHILDREN, State.FAILED), (State.WAITING_FOR_CHILDREN, State.CANCELED),
+    # total (schedule-to-close) timeout from every waiting state (READY -> FAILED is above).
+    (State.SCHEDULED, State.FAILED), (State.RETRY_WAIT, State.FAILED),
+    (State.WAITING_FOR_DEPENDENCIES, State.FAILED),
 }
 ALL_PAIRS = list(itertools.product(State, State))
 FORBIDDEN = [pair for pair in ALL_PAIRS if pair not in EXPECTED_ALLOWED]
@@ -79,7 +85,7 @@ def test_every_allowed_transition_passes_check_and_can_transition(from_state: St
     (State.READY, State.SUCCEEDED),       # nothing ran
     (State.READY, State.RETRY_WAIT),
     (State.RETRY_WAIT, State.RUNNING),    # must be promoted first
-    (State.RETRY_WAIT, State.FAILED),
+    (State.RETRY_WAIT, State.SUCCEEDED),
     (State.RUNNING, State.SCHEDULED),
     (State.SUCCEEDED, State.READY),       # a finished task never comes back
     (State.FAILED, State.RETRY_WAIT),

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from corral.v1 import task_pb2 as corral_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63orral/v1/actor_service.proto\x12\tcorral.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x14\x63orral/v1/task.proto\"C\n\x08LeaseRef\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x15\n\rfencing_token\x18\x03 \x01(\x03\"`\n\x05Hello\x12-\n\x08identity\x18\x01 \x01(\x0b\x32\x1b.corral.v1.ExecutorIdentity\x12(\n\x0bheld_leases\x18\x02 \x03(\x0b\x32\x13.corral.v1.LeaseRef\"\xd0\x01\n\rAttemptResult\x12\"\n\x05lease\x18\x01 \x01(\x0b\x32\x13.corral.v1.LeaseRef\x12*\n\x07outcome\x18\x02 \x01(\x0e\x32\x19.corral.v1.AttemptOutcome\x12(\n\x06output\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x16\n\x0coutput_bytes\x18\x04 \x01(\x0cH\x00\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x14.corral.v1.TaskErrorB\x08\n\x06result\"\x97\x01\n\x0e\x43onnectRequest\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x10.corral.v1.Hello\x12\'\n\nheartbeats\x18\x02 \x03(\x0b\x32\x13.corral.v1.LeaseRef\x12)\n\x07results\x18\x03 \x03(\x0b\x32\x18.corral.v1.AttemptResult\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\"|\n\x07Welcome\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x14\n\x0clease_ttl_ms\x18\x02 \x01(\x03\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x03\x12$\n\x07\x61\x64opted\x18\x04 \x03(\x0b\x32\x13.corral.v1.LeaseRef\"\xc2\x03\n\x05Lease\x12 \n\x03ref\x18\x01 \x01(\x0b\x32\x13.corral.v1.LeaseRef\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12\'\n\x05input\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x15\n\x0binput_bytes\x18\x04 \x01(\x0cH\x00\x12\x1c\n\x14\x65xecution_timeout_ms\x18\x05 \x01(\x03\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x06 \x01(\x03\x12,\n\x06labels\x18\x07 \x03(\x0b\x32\x1c.corral.v1.Lease.LabelsEntry\x12\x39\n\rtrace_context\x18\x08 \x03(\x0b\x32\".corral.v1.Lease.TraceContextEntry\x12\x34\n\rprerequisites\x18\x1e \x03(\x0b\x32\x1d.corral.v1.PrerequisiteResult\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07payload\"q\n\x12PrerequisiteResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12(\n\x06output\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x16\n\x0coutput_bytes\x18\x03 \x01(\x0cH\x00\x42\x08\n\x06result\"Q\n\tResultAck\x12\"\n\x05lease\x18\x01 \x01(\x0b\x32\x13.corral.v1.LeaseRef\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"m\n\rCancelAttempt\x12\"\n\x05lease\x18\x01 \x01(\x0b\x32\x13.corral.v1.LeaseRef\x12\'\n\x06reason\x18\x02 \x01(\x0e\x32\x17.corral.v1.CancelReason\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xa7\x01\n\x0f\x43onnectResponse\x12#\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.corral.v1.Welcome\x12 \n\x06leases\x18\x02 \x03(\x0b\x32\x10.corral.v1.Lease\x12\"\n\x04\x61\x63ks\x18\x03 \x03(\x0b\x32\x14.corral.v1.ResultAck\x12)\n\x07\x63\x61ncels\x18\x04 \x03(\x0b\x32\x18.corral.v1.CancelAttempt*\x85\x01\n\x0c\x43\x61ncelReason\x12\x1d\n\x19\x43\x41NCEL_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41NCEL_REASON_REQUESTED\x10\x01\x12\x1b\n\x17\x43\x41NCEL_REASON_TIMED_OUT\x10\x02\x12\x1c\n\x18\x43\x41NCEL_REASON_LEASE_LOST\x10\x03\x32T\n\x0c\x41\x63torService\x12\x44\n\x07\x43onnect\x12\x19.corral.v1.ConnectRequest\x1a\x1a.corral.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63orral/v1/actor_service.proto\x12\tcorral.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x14\x63orral/v1/task.proto\"C\n\x08LeaseRef\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x15\n\rfencing_token\x18\x03 \x01(\x03\"`\n\x05Hello\x12-\n\x08identity\x18\x01 \x01(\x0b\x32\x1b.corral.v1.ExecutorIdentity\x12(\n\x0bheld_leases\x18\x02 \x03(\x0b\x32\x13.corral.v1.LeaseRef\"\xd0\x01\n\rAttemptResult\x12\"\n\x05lease\x18\x01 \x01(\x0b\x32\x13.corral.v1.LeaseRef\x12*\n\x07outcome\x18\x02 \x01(\x0e\x32\x19.corral.v1.AttemptOutcome\x12(\n\x06output\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x16\n\x0coutput_bytes\x18\x04 \x01(\x0cH\x00\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x14.corral.v1.TaskErrorB\x08\n\x06result\"\xf9\x01\n\x0e\x43onnectRequest\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x10.corral.v1.Hello\x12\'\n\nheartbeats\x18\x02 \x03(\x0b\x32\x13.corral.v1.LeaseRef\x12)\n\x07results\x18\x03 \x03(\x0b\x32\x18.corral.v1.AttemptResult\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\x12\x35\n\x11\x63hild_submissions\x18\n \x03(\x0b\x32\x1a.corral.v1.ChildSubmission\x12)\n\x0b\x63hild_waits\x18\x0b \x03(\x0b\x32\x14.corral.v1.ChildWait\"m\n\x0f\x43hildSubmission\x12#\n\x06parent\x18\x01 \x01(\x0b\x32\x13.corral.v1.LeaseRef\x12\x12\n\nrequest_id\x18\x02 \x01(\x04\x12!\n\x04task\x18\x03 \x01(\x0b\x32\x13.corral.v1.TaskSpec\"\x8a\x01\n\x0e\x43hildSubmitted\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x08\x12#\n\x05state\x18\x06 \x01(\x0e\x32\x14.corral.v1.TaskState\"B\n\tChildWait\x12#\n\x06parent\x18\x01 \x01(\x0b\x32\x13.corral.v1.LeaseRef\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"\xda\x01\n\x0c\x43hildOutcome\x12#\n\x06parent\x18\x01 \x01(\x0b\x32\x13.corral.v1.LeaseRef\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.corral.v1.TaskState\x12(\n\x06output\x18\x04 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x16\n\x0coutput_bytes\x18\x05 \x01(\x0cH\x00\x12#\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x14.corral.v1.TaskErrorB\x08\n\x06result\"|\n\x07Welcome\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x14\n\x0clease_ttl_ms\x18\x02 \x01(\x03\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x03\x12$\n\x07\x61\x64opted\x18\x04 \x03(\x0b\x32\x13.corral.v1.LeaseRef\"\xc2\x03\n\x05Lease\x12 \n\x03ref\x18\x01 \x01(\x0b\x32\x13.corral.v1.LeaseRef\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12\'\n\x05input\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x15\n\x0binput_bytes\x18\x04 \x01(\x0cH\x00\x12\x1c\n\x14\x65xecution_timeout_ms\x18\x05 \x01(\x03\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x06 \x01(\x03\x12,\n\x06labels\x18\x07 \x03(\x0b\x32\x1c.corral.v1.Lease.LabelsEntry\x12\x39\n\rtrace_context\x18\x08 \x03(\x0b\x32\".corral.v1.Lease.TraceContextEntry\x12\x34\n\rprerequisites\x18\x1e \x03(\x0b\x32\x1d.corral.v1.PrerequisiteResult\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07payload\"q\n\x12PrerequisiteResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12(\n\x06output\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x16\n\x0coutput_bytes\x18\x03 \x01(\x0cH\x00\x42\x08\n\x06result\"Q\n\tResultAck\x12\"\n\x05lease\x18\x01 \x01(\x0b\x32\x13.corral.v1.LeaseRef\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"m\n\rCancelAttempt\x12\"\n\x05lease\x18\x01 \x01(\x0b\x32\x13.corral.v1.LeaseRef\x12\'\n\x06reason\x18\x02 \x01(\x0e\x32\x17.corral.v1.CancelReason\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x8c\x02\n\x0f\x43onnectResponse\x12#\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.corral.v1.Welcome\x12 \n\x06leases\x18\x02 \x03(\x0b\x32\x10.corral.v1.Lease\x12\"\n\x04\x61\x63ks\x18\x03 \x03(\x0b\x32\x14.corral.v1.ResultAck\x12)\n\x07\x63\x61ncels\x18\x04 \x03(\x0b\x32\x18.corral.v1.CancelAttempt\x12\x32\n\x0f\x63hild_submitted\x18\n \x03(\x0b\x32\x19.corral.v1.ChildSubmitted\x12/\n\x0e\x63hild_outcomes\x18\x0b \x03(\x0b\x32\x17.corral.v1.ChildOutcome*\x85\x01\n\x0c\x43\x61ncelReason\x12\x1d\n\x19\x43\x41NCEL_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41NCEL_REASON_REQUESTED\x10\x01\x12\x1b\n\x17\x43\x41NCEL_REASON_TIMED_OUT\x10\x02\x12\x1c\n\x18\x43\x41NCEL_REASON_LEASE_LOST\x10\x03\x32T\n\x0c\x41\x63torService\x12\x44\n\x07\x43onnect\x12\x19.corral.v1.ConnectRequest\x1a\x1a.corral.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEASE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LEASE_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_LEASE_TRACECONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_CANCELREASON']._serialized_start=1687
-  _globals['_CANCELREASON']._serialized_end=1820
+  _globals['_CANCELREASON']._serialized_start=2427
+  _globals['_CANCELREASON']._serialized_end=2560
   _globals['_LEASEREF']._serialized_start=96
   _globals['_LEASEREF']._serialized_end=163
   _globals['_HELLO']._serialized_start=165
@@ -46,23 +46,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTEMPTRESULT']._serialized_start=264
   _globals['_ATTEMPTRESULT']._serialized_end=472
   _globals['_CONNECTREQUEST']._serialized_start=475
-  _globals['_CONNECTREQUEST']._serialized_end=626
-  _globals['_WELCOME']._serialized_start=628
-  _globals['_WELCOME']._serialized_end=752
-  _globals['_LEASE']._serialized_start=755
-  _globals['_LEASE']._serialized_end=1205
-  _globals['_LEASE_LABELSENTRY']._serialized_start=1096
-  _globals['_LEASE_LABELSENTRY']._serialized_end=1141
-  _globals['_LEASE_TRACECONTEXTENTRY']._serialized_start=1143
-  _globals['_LEASE_TRACECONTEXTENTRY']._serialized_end=1194
-  _globals['_PREREQUISITERESULT']._serialized_start=1207
-  _globals['_PREREQUISITERESULT']._serialized_end=1320
-  _globals['_RESULTACK']._serialized_start=1322
-  _globals['_RESULTACK']._serialized_end=1403
-  _globals['_CANCELATTEMPT']._serialized_start=1405
-  _globals['_CANCELATTEMPT']._serialized_end=1514
-  _globals['_CONNECTRESPONSE']._serialized_start=1517
-  _globals['_CONNECTRESPONSE']._serialized_end=1684
-  _globals['_ACTORSERVICE']._serialized_start=1822
-  _globals['_ACTORSERVICE']._serialized_end=1906
+  _globals['_CONNECTREQUEST']._serialized_end=724
+  _globals['_CHILDSUBMISSION']._serialized_start=726
+  _globals['_CHILDSUBMISSION']._serialized_end=835
+  _globals['_CHILDSUBMITTED']._serialized_start=838
+  _globals['_CHILDSUBMITTED']._serialized_end=976
+  _globals['_CHILDWAIT']._serialized_start=978
+  _globals['_CHILDWAIT']._serialized_end=1044
+  _globals['_CHILDOUTCOME']._serialized_start=1047
+  _globals['_CHILDOUTCOME']._serialized_end=1265
+  _globals['_WELCOME']._serialized_start=1267
+  _globals['_WELCOME']._serialized_end=1391
+  _globals['_LEASE']._serialized_start=1394
+  _globals['_LEASE']._serialized_end=1844
+  _globals['_LEASE_LABELSENTRY']._serialized_start=1735
+  _globals['_LEASE_LABELSENTRY']._serialized_end=1780
+  _globals['_LEASE_TRACECONTEXTENTRY']._serialized_start=1782
+  _globals['_LEASE_TRACECONTEXTENTRY']._serialized_end=1833
+  _globals['_PREREQUISITERESULT']._serialized_start=1846
+  _globals['_PREREQUISITERESULT']._serialized_end=1959
+  _globals['_RESULTACK']._serialized_start=1961
+  _globals['_RESULTACK']._serialized_end=2042
+  _globals['_CANCELATTEMPT']._serialized_start=2044
+  _globals['_CANCELATTEMPT']._serialized_end=2153
+  _globals['_CONNECTRESPONSE']._serialized_start=2156
+  _globals['_CONNECTRESPONSE']._serialized_end=2424
+  _globals['_ACTORSERVICE']._serialized_start=2562
+  _globals['_ACTORSERVICE']._serialized_end=2646
 # @@protoc_insertion_point(module_scope)

@@ -53,16 +53,70 @@ class AttemptResult(_message.Message):
     def __init__(self, lease: _Optional[_Union[LeaseRef, _Mapping]] = ..., outcome: _Optional[_Union[_task_pb2.AttemptOutcome, str]] = ..., output: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., output_bytes: _Optional[bytes] = ..., error: _Optional[_Union[_task_pb2.TaskError, _Mapping]] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "heartbeats", "results", "draining")
+    __slots__ = ("hello", "heartbeats", "results", "draining", "child_submissions", "child_waits")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEATS_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    CHILD_SUBMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    CHILD_WAITS_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeats: _containers.RepeatedCompositeFieldContainer[LeaseRef]
     results: _containers.RepeatedCompositeFieldContainer[AttemptResult]
     draining: bool
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeats: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[AttemptResult, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
+    child_submissions: _containers.RepeatedCompositeFieldContainer[ChildSubmission]
+    child_waits: _containers.RepeatedCompositeFieldContainer[ChildWait]
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeats: _Optional[_Iterable[_Union[LeaseRef, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[AttemptResult, _Mapping]]] = ..., draining: _Optional[bool] = ..., child_submissions: _Optional[_Iterable[_Union[ChildSubmission, _Mapping]]] = ..., child_waits: _Optional[_Iterable[_Union[ChildWait, _Mapping]]] = ...) -> None: ...
+
+class ChildSubmission(_message.Message):
+    __slots__ = ("parent", "request_id", "task")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    parent: LeaseRef
+    request_id: int
+    task: _task_pb2.TaskSpec
+    def __init__(self, parent: _Optional[_Union[LeaseRef, _Mapping]] = ..., request_id: _Optional[int] = ..., task: _Optional[_Union[_task_pb2.TaskSpec, _Mapping]] = ...) -> None: ...
+
+class ChildSubmitted(_message.Message):
+    __slots__ = ("request_id", "code", "message", "task_id", "created", "state")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    code: int
+    message: str
+    task_id: str
+    created: bool
+    state: _task_pb2.TaskState
+    def __init__(self, request_id: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., task_id: _Optional[str] = ..., created: _Optional[bool] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ...) -> None: ...
+
+class ChildWait(_message.Message):
+    __slots__ = ("parent", "task_ids")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    parent: LeaseRef
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, parent: _Optional[_Union[LeaseRef, _Mapping]] = ..., task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ChildOutcome(_message.Message):
+    __slots__ = ("parent", "task_id", "state", "output", "output_bytes", "error")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    parent: LeaseRef
+    task_id: str
+    state: _task_pb2.TaskState
+    output: _struct_pb2.Value
+    output_bytes: bytes
+    error: _task_pb2.TaskError
+    def __init__(self, parent: _Optional[_Union[LeaseRef, _Mapping]] = ..., task_id: _Optional[str] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., output: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., output_bytes: _Optional[bytes] = ..., error: _Optional[_Union[_task_pb2.TaskError, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("coordinator_id", "lease_ttl_ms", "heartbeat_interval_ms", "adopted")
@@ -143,13 +197,17 @@ class CancelAttempt(_message.Message):
     def __init__(self, lease: _Optional[_Union[LeaseRef, _Mapping]] = ..., reason: _Optional[_Union[CancelReason, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "leases", "acks", "cancels")
+    __slots__ = ("welcome", "leases", "acks", "cancels", "child_submitted", "child_outcomes")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
     ACKS_FIELD_NUMBER: _ClassVar[int]
     CANCELS_FIELD_NUMBER: _ClassVar[int]
+    CHILD_SUBMITTED_FIELD_NUMBER: _ClassVar[int]
+    CHILD_OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     leases: _containers.RepeatedCompositeFieldContainer[Lease]
     acks: _containers.RepeatedCompositeFieldContainer[ResultAck]
     cancels: _containers.RepeatedCompositeFieldContainer[CancelAttempt]
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[ResultAck, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[CancelAttempt, _Mapping]]] = ...) -> None: ...
+    child_submitted: _containers.RepeatedCompositeFieldContainer[ChildSubmitted]
+    child_outcomes: _containers.RepeatedCompositeFieldContainer[ChildOutcome]
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[ResultAck, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[CancelAttempt, _Mapping]]] = ..., child_submitted: _Optional[_Iterable[_Union[ChildSubmitted, _Mapping]]] = ..., child_outcomes: _Optional[_Iterable[_Union[ChildOutcome, _Mapping]]] = ...) -> None: ...

@@ -23,6 +23,7 @@ class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_STATE_FAILED: _ClassVar[TaskState]
     TASK_STATE_CANCELED: _ClassVar[TaskState]
     TASK_STATE_WAITING_FOR_DEPENDENCIES: _ClassVar[TaskState]
+    TASK_STATE_WAITING_FOR_CHILDREN: _ClassVar[TaskState]
 
 class AttemptOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -62,6 +63,7 @@ TASK_STATE_SUCCEEDED: TaskState
 TASK_STATE_FAILED: TaskState
 TASK_STATE_CANCELED: TaskState
 TASK_STATE_WAITING_FOR_DEPENDENCIES: TaskState
+TASK_STATE_WAITING_FOR_CHILDREN: TaskState
 ATTEMPT_OUTCOME_UNSPECIFIED: AttemptOutcome
 ATTEMPT_OUTCOME_SUCCEEDED: AttemptOutcome
 ATTEMPT_OUTCOME_FAILED: AttemptOutcome
@@ -106,7 +108,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_attempts: _Optional[int] = ..., max_lost_attempts: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "type", "input", "input_bytes", "priority", "retry", "execution_timeout", "schedule_to_start_timeout", "not_before", "idempotency_key", "labels", "required_capabilities", "trace_context", "concurrency_key", "concurrency_limit", "concurrency_policy", "hold_key_during_retry", "depends_on")
+    __slots__ = ("task_id", "type", "input", "input_bytes", "priority", "retry", "execution_timeout", "schedule_to_start_timeout", "not_before", "idempotency_key", "labels", "required_capabilities", "trace_context", "concurrency_key", "concurrency_limit", "concurrency_policy", "hold_key_during_retry", "depends_on", "schedule_to_close_timeout", "parent_task_id", "child_key", "detached", "allow_failure")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +141,11 @@ class TaskSpec(_message.Message):
     CONCURRENCY_POLICY_FIELD_NUMBER: _ClassVar[int]
     HOLD_KEY_DURING_RETRY_FIELD_NUMBER: _ClassVar[int]
     DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_TO_CLOSE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    CHILD_KEY_FIELD_NUMBER: _ClassVar[int]
+    DETACHED_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_FAILURE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     type: str
     input: _struct_pb2.Value
@@ -157,7 +164,12 @@ class TaskSpec(_message.Message):
     concurrency_policy: ConcurrencyPolicy
     hold_key_during_retry: bool
     depends_on: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, task_id: _Optional[str] = ..., type: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., input_bytes: _Optional[bytes] = ..., priority: _Optional[int] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., schedule_to_start_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., required_capabilities: _Optional[_Iterable[str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ..., concurrency_policy: _Optional[_Union[ConcurrencyPolicy, str]] = ..., hold_key_during_retry: _Optional[bool] = ..., depends_on: _Optional[_Iterable[str]] = ...) -> None: ...
+    schedule_to_close_timeout: _duration_pb2.Duration
+    parent_task_id: str
+    child_key: str
+    detached: bool
+    allow_failure: bool
+    def __init__(self, task_id: _Optional[str] = ..., type: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., input_bytes: _Optional[bytes] = ..., priority: _Optional[int] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., schedule_to_start_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., required_capabilities: _Optional[_Iterable[str]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ..., concurrency_policy: _Optional[_Union[ConcurrencyPolicy, str]] = ..., hold_key_during_retry: _Optional[bool] = ..., depends_on: _Optional[_Iterable[str]] = ..., schedule_to_close_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., parent_task_id: _Optional[str] = ..., child_key: _Optional[str] = ..., detached: _Optional[bool] = ..., allow_failure: _Optional[bool] = ...) -> None: ...
 
 class TaskError(_message.Message):
     __slots__ = ("message", "kind", "non_retryable")
@@ -217,7 +229,7 @@ class Attempt(_message.Message):
     def __init__(self, number: _Optional[int] = ..., fencing_token: _Optional[int] = ..., actor_id: _Optional[str] = ..., actor_incarnation: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome: _Optional[_Union[AttemptOutcome, str]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "spec", "state", "output", "output_bytes", "error", "attempts", "created_at", "updated_at", "ready_at", "failed_attempts", "lost_attempts", "cancel_requested", "state_reason", "depends_on", "unfinished_prerequisites")
+    __slots__ = ("task_id", "spec", "state", "output", "output_bytes", "error", "attempts", "created_at", "updated_at", "ready_at", "failed_attempts", "lost_attempts", "cancel_requested", "state_reason", "depends_on", "unfinished_prerequisites", "parent_task_id", "depth", "children", "unfinished_children")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -234,6 +246,10 @@ class Task(_message.Message):
     STATE_REASON_FIELD_NUMBER: _ClassVar[int]
     DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
     UNFINISHED_PREREQUISITES_FIELD_NUMBER: _ClassVar[int]
+    PARENT_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_CHILDREN_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     spec: TaskSpec
     state: TaskState
@@ -250,4 +266,8 @@ class Task(_message.Message):
     state_reason: str
     depends_on: _containers.RepeatedScalarFieldContainer[str]
     unfinished_prerequisites: int
-    def __init__(self, task_id: _Optional[str] = ..., spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., output: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., output_bytes: _Optional[bytes] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failed_attempts: _Optional[int] = ..., lost_attempts: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., state_reason: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., unfinished_prerequisites: _Optional[int] = ...) -> None: ...
+    parent_task_id: str
+    depth: int
+    children: int
+    unfinished_children: int
+    def __init__(self, task_id: _Optional[str] = ..., spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., output: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., output_bytes: _Optional[bytes] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ready_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failed_attempts: _Optional[int] = ..., lost_attempts: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., state_reason: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., unfinished_prerequisites: _Optional[int] = ..., parent_task_id: _Optional[str] = ..., depth: _Optional[int] = ..., children: _Optional[int] = ..., unfinished_children: _Optional[int] = ...) -> None: ...

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from corral.v1 import task_pb2 as corral_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63orral/v1/task_service.proto\x12\tcorral.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x63orral/v1/task.proto\"?\n\x18\x44\x65\x63lareDependencyRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\ndepends_on\x18\x02 \x03(\t\":\n\x19\x44\x65\x63lareDependencyResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Task\"6\n\x11SubmitTaskRequest\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.corral.v1.TaskSpec\"[\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.corral.v1.TaskState\"8\n\x12SubmitTasksRequest\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.corral.v1.TaskSpec\"E\n\x13SubmitTasksResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.corral.v1.SubmitTaskResponse\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"0\n\x0fGetTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Task\"m\n\x10ListTasksRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.corral.v1.TaskState\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"L\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.corral.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"3\n\x12\x43\x61ncelTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Task\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"2\n\x11WatchTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Task\"\xa5\x01\n\x12WatchEventsRequest\x12\r\n\x05types\x18\x01 \x03(\t\x12\x39\n\x06labels\x18\x02 \x03(\x0b\x32).corral.v1.WatchEventsRequest.LabelsEntry\x12\x16\n\x0eparent_task_id\x18\x03 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x13WatchEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.corral.v1.TaskEvent\"\xee\x02\n\tTaskEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x30\n\x06labels\x18\x05 \x03(\x0b\x32 .corral.v1.TaskEvent.LabelsEntry\x12&\n\x04kind\x18\x06 \x01(\x0e\x32\x18.corral.v1.TaskEventKind\x12#\n\x05state\x18\x07 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x10\n\x08\x61\x63tor_id\x18\t \x01(\t\x12*\n\x07outcome\x18\n \x01(\x0e\x32\x19.corral.v1.AttemptOutcome\x12\x0e\n\x06reason\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xe0\x01\n\rTaskEventKind\x12\x1f\n\x1bTASK_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19TASK_EVENT_KIND_SUBMITTED\x10\x01\x12!\n\x1dTASK_EVENT_KIND_STATE_CHANGED\x10\x02\x12#\n\x1fTASK_EVENT_KIND_ATTEMPT_STARTED\x10\x03\x12!\n\x1dTASK_EVENT_KIND_ATTEMPT_ENDED\x10\x04\x12$\n TASK_EVENT_KIND_CANCEL_REQUESTED\x10\x05\x32\xf5\x04\n\x0bTaskService\x12I\n\nSubmitTask\x12\x1c.corral.v1.SubmitTaskRequest\x1a\x1d.corral.v1.SubmitTaskResponse\x12L\n\x0bSubmitTasks\x12\x1d.corral.v1.SubmitTasksRequest\x1a\x1e.corral.v1.SubmitTasksResponse\x12@\n\x07GetTask\x12\x19.corral.v1.GetTaskRequest\x1a\x1a.corral.v1.GetTaskResponse\x12\x46\n\tListTasks\x12\x1b.corral.v1.ListTasksRequest\x1a\x1c.corral.v1.ListTasksResponse\x12I\n\nCancelTask\x12\x1c.corral.v1.CancelTaskRequest\x1a\x1d.corral.v1.CancelTaskResponse\x12H\n\tWatchTask\x12\x1b.corral.v1.WatchTaskRequest\x1a\x1c.corral.v1.WatchTaskResponse0\x01\x12N\n\x0bWatchEvents\x12\x1d.corral.v1.WatchEventsRequest\x1a\x1e.corral.v1.WatchEventsResponse0\x01\x12^\n\x11\x44\x65\x63lareDependency\x12#.corral.v1.DeclareDependencyRequest\x1a$.corral.v1.DeclareDependencyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63orral/v1/task_service.proto\x12\tcorral.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x63orral/v1/task.proto\"?\n\x18\x44\x65\x63lareDependencyRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\ndepends_on\x18\x02 \x03(\t\":\n\x19\x44\x65\x63lareDependencyResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Task\"6\n\x11SubmitTaskRequest\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.corral.v1.TaskSpec\"[\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.corral.v1.TaskState\"8\n\x12SubmitTasksRequest\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.corral.v1.TaskSpec\"E\n\x13SubmitTasksResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.corral.v1.SubmitTaskResponse\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"0\n\x0fGetTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Task\"\x85\x01\n\x10ListTasksRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.corral.v1.TaskState\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x16\n\x0eparent_task_id\x18\n \x01(\t\"L\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.corral.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"3\n\x12\x43\x61ncelTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Task\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"2\n\x11WatchTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Task\"\xa5\x01\n\x12WatchEventsRequest\x12\r\n\x05types\x18\x01 \x03(\t\x12\x39\n\x06labels\x18\x02 \x03(\x0b\x32).corral.v1.WatchEventsRequest.LabelsEntry\x12\x16\n\x0eparent_task_id\x18\x03 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x13WatchEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.corral.v1.TaskEvent\"\xee\x02\n\tTaskEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x30\n\x06labels\x18\x05 \x03(\x0b\x32 .corral.v1.TaskEvent.LabelsEntry\x12&\n\x04kind\x18\x06 \x01(\x0e\x32\x18.corral.v1.TaskEventKind\x12#\n\x05state\x18\x07 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x10\n\x08\x61\x63tor_id\x18\t \x01(\t\x12*\n\x07outcome\x18\n \x01(\x0e\x32\x19.corral.v1.AttemptOutcome\x12\x0e\n\x06reason\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xe0\x01\n\rTaskEventKind\x12\x1f\n\x1bTASK_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19TASK_EVENT_KIND_SUBMITTED\x10\x01\x12!\n\x1dTASK_EVENT_KIND_STATE_CHANGED\x10\x02\x12#\n\x1fTASK_EVENT_KIND_ATTEMPT_STARTED\x10\x03\x12!\n\x1dTASK_EVENT_KIND_ATTEMPT_ENDED\x10\x04\x12$\n TASK_EVENT_KIND_CANCEL_REQUESTED\x10\x05\x32\xf5\x04\n\x0bTaskService\x12I\n\nSubmitTask\x12\x1c.corral.v1.SubmitTaskRequest\x1a\x1d.corral.v1.SubmitTaskResponse\x12L\n\x0bSubmitTasks\x12\x1d.corral.v1.SubmitTasksRequest\x1a\x1e.corral.v1.SubmitTasksResponse\x12@\n\x07GetTask\x12\x19.corral.v1.GetTaskRequest\x1a\x1a.corral.v1.GetTaskResponse\x12\x46\n\tListTasks\x12\x1b.corral.v1.ListTasksRequest\x1a\x1c.corral.v1.ListTasksResponse\x12I\n\nCancelTask\x12\x1c.corral.v1.CancelTaskRequest\x1a\x1d.corral.v1.CancelTaskResponse\x12H\n\tWatchTask\x12\x1b.corral.v1.WatchTaskRequest\x1a\x1c.corral.v1.WatchTaskResponse0\x01\x12N\n\x0bWatchEvents\x12\x1d.corral.v1.WatchEventsRequest\x1a\x1e.corral.v1.WatchEventsResponse0\x01\x12^\n\x11\x44\x65\x63lareDependency\x12#.corral.v1.DeclareDependencyRequest\x1a$.corral.v1.DeclareDependencyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHEVENTSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_TASKEVENT_LABELSENTRY']._loaded_options = None
   _globals['_TASKEVENT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKEVENTKIND']._serialized_start=1570
-  _globals['_TASKEVENTKIND']._serialized_end=1794
+  _globals['_TASKEVENTKIND']._serialized_start=1595
+  _globals['_TASKEVENTKIND']._serialized_end=1819
   _globals['_DECLAREDEPENDENCYREQUEST']._serialized_start=98
   _globals['_DECLAREDEPENDENCYREQUEST']._serialized_end=161
   _globals['_DECLAREDEPENDENCYRESPONSE']._serialized_start=163
@@ -55,28 +55,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTASKREQUEST']._serialized_end=534
   _globals['_GETTASKRESPONSE']._serialized_start=536
   _globals['_GETTASKRESPONSE']._serialized_end=584
-  _globals['_LISTTASKSREQUEST']._serialized_start=586
-  _globals['_LISTTASKSREQUEST']._serialized_end=695
-  _globals['_LISTTASKSRESPONSE']._serialized_start=697
-  _globals['_LISTTASKSRESPONSE']._serialized_end=773
-  _globals['_CANCELTASKREQUEST']._serialized_start=775
-  _globals['_CANCELTASKREQUEST']._serialized_end=827
-  _globals['_CANCELTASKRESPONSE']._serialized_start=829
-  _globals['_CANCELTASKRESPONSE']._serialized_end=880
-  _globals['_WATCHTASKREQUEST']._serialized_start=882
-  _globals['_WATCHTASKREQUEST']._serialized_end=917
-  _globals['_WATCHTASKRESPONSE']._serialized_start=919
-  _globals['_WATCHTASKRESPONSE']._serialized_end=969
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=972
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=1137
-  _globals['_WATCHEVENTSREQUEST_LABELSENTRY']._serialized_start=1092
-  _globals['_WATCHEVENTSREQUEST_LABELSENTRY']._serialized_end=1137
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1139
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1198
-  _globals['_TASKEVENT']._serialized_start=1201
-  _globals['_TASKEVENT']._serialized_end=1567
-  _globals['_TASKEVENT_LABELSENTRY']._serialized_start=1092
-  _globals['_TASKEVENT_LABELSENTRY']._serialized_end=1137
-  _globals['_TASKSERVICE']._serialized_start=1797
-  _globals['_TASKSERVICE']._serialized_end=2426
+  _globals['_LISTTASKSREQUEST']._serialized_start=587
+  _globals['_LISTTASKSREQUEST']._serialized_end=720
+  _globals['_LISTTASKSRESPONSE']._serialized_start=722
+  _globals['_LISTTASKSRESPONSE']._serialized_end=798
+  _globals['_CANCELTASKREQUEST']._serialized_start=800
+  _globals['_CANCELTASKREQUEST']._serialized_end=852
+  _globals['_CANCELTASKRESPONSE']._serialized_start=854
+  _globals['_CANCELTASKRESPONSE']._serialized_end=905
+  _globals['_WATCHTASKREQUEST']._serialized_start=907
+  _globals['_WATCHTASKREQUEST']._serialized_end=942
+  _globals['_WATCHTASKRESPONSE']._serialized_start=944
+  _globals['_WATCHTASKRESPONSE']._serialized_end=994
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=997
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=1162
+  _globals['_WATCHEVENTSREQUEST_LABELSENTRY']._serialized_start=1117
+  _globals['_WATCHEVENTSREQUEST_LABELSENTRY']._serialized_end=1162
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1164
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1223
+  _globals['_TASKEVENT']._serialized_start=1226
+  _globals['_TASKEVENT']._serialized_end=1592
+  _globals['_TASKEVENT_LABELSENTRY']._serialized_start=1117
+  _globals['_TASKEVENT_LABELSENTRY']._serialized_end=1162
+  _globals['_TASKSERVICE']._serialized_start=1822
+  _globals['_TASKSERVICE']._serialized_end=2451
 # @@protoc_insertion_point(module_scope)
