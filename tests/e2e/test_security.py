@@ -245,7 +245,7 @@ def test_cli_sends_its_token(secure, pki):
     ok = subprocess.run(base + ["--token", TOKENS["admin"]], capture_output=True, text=True, timeout=30, env=env)
     assert ok.returncode == 0, ok.stderr
     denied = subprocess.run(base, capture_output=True, text=True, timeout=30, env={**env, "CORRAL_TOKEN": "nope"})
-    assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr, denied.stderr
+    assert denied.returncode == 5 and denied.stderr.startswith("corral: error: UNAUTHENTICATED: "), denied.stderr
 
 
 # ---- limits ------------------------------------------------------------------------------------
