@@ -14,10 +14,14 @@ Example (``myapp.py``), run with ``corral actor --coordinator localhost:7070 --a
         return {"url": input["url"], "token": ctx.fencing_token}
 
 Sync handlers (``def``) run in a thread pool sized to the slot count; async ones on the loop.
+
+Child tasks (``ctx.submit_child(type, input, key=...)`` / ``ctx.wait_child(handle)``, or the
+``*_async`` forms): see actor/children.py.
 """
 
 from actor.app import App
 from actor.cancellation import CancellationToken
+from actor.children import ChildFailed, ChildHandle, ChildRefused
 from actor.context import AttemptContext
 from actor.errors import AttemptCanceled, NonRetryableError
 
@@ -26,5 +30,8 @@ __all__ = [
     "AttemptCanceled",
     "AttemptContext",
     "CancellationToken",
+    "ChildFailed",
+    "ChildHandle",
+    "ChildRefused",
     "NonRetryableError",
 ]

@@ -181,7 +181,7 @@ class AttemptRunner:
     __slots__ = (
         "lease", "key", "token", "cause", "result", "deadline", "received_at_s", "grace_s",
         "_app", "_executor", "_own_executor", "_on_done", "_loop", "_task", "_cf",
-        "_deadline_timer", "_grace_timer", "_waiter", "_stop_message", "_started",
+        "_deadline_timer", "_grace_timer", "_waiter", "_stop_message", "_started", "_child_channel",
     )
 
     def __init__(
@@ -193,8 +193,10 @@ class AttemptRunner:
         executor: Executor | None = None,
         on_done: OnDone | None = None,
         received_at_s: float | None = None,
+        child_channel: Any = None,
     ) -> None:
         self.lease = lease
+        self._child_channel = child_channel  # actor/children.py ChildChannel (the session's)
         self.key: LeaseKey = lease_key(lease.ref)
         self.token = CancellationToken()
         self.cause: CancelCause | None = None
@@ -258,6 +260,7 @@ class AttemptRunner:
             labels=dict(lease.labels),
             cancel_token=self.token,
             prerequisites=prerequisites,
+            child_channel=self._child_channel,
         )
         if self.deadline != math.inf:
             delay_s = self.deadline - time.monotonic()

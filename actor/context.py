@@ -14,11 +14,15 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.v1 import actor_service_pb2
+
 from actor.cancellation import CancellationToken
+from actor.children import ChildHandle, ChildTasks, build_child_spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +42,8 @@ class AttemptContext:
     # Task graphs: the outputs of the task's prerequisites (TaskSpec.depends_on), by task id,
     # decoded like the input (JSON-like Python, bytes, or None when a handler returned nothing).
     prerequisites: dict[str, Any] = field(default_factory=dict)
-    # Reserved: child-task submission (a later issue) will add a handle here, e.g.
-    # ``children: ChildSubmitter``, fenced by this attempt's (task_id, attempt, fencing_token).
+    # Child tasks (actor/children.py): the session's channel; None outside a session.
+    child_channel: Any = None
 
     def remaining_s(self) -> float:
         """Seconds left before the attempt deadline (0.0 once passed; inf without a timeout)."""
@@ -49,3 +53,44 @@ class AttemptContext:
     def canceled(self) -> bool:
         """Shortcut for ``cancel_token.canceled``."""
         return self.cancel_token.canceled
+
+    # -- child tasks (actor/children.py) ----------------------------------------------------------
+
+    def _children(self) -> ChildTasks:
+        if self.child_channel is None:
+            raise RuntimeError("child tasks need a running actor session")
+        parent = actor_service_pb2.LeaseRef(task_id=self.task_id, attempt=self.attempt,
+                                            fencing_token=self.fencing_token)
+        return ChildTasks(self.child_channel, parent)
+
+    def submit_child(self, task_type: str, input: Any = None, *, key: str, timeout_s: float = 30.0,
+                     **options: Any) -> ChildHandle:
+        """Submit a child task and return its handle once the coordinator has accepted it.
+
+        ``key`` names the child under this task: a retried attempt submitting the same key gets
+        the existing child back (``created`` False). Options: ``detached`` (the parent's completion
+        neither waits for it nor fails with it), ``allow_failure`` (the parent still succeeds if
+        it fails), ``priority``, ``labels``, ``execution_timeout_s``, ``max_attempts``,
+        ``depends_on``, ``spec`` (a TaskSpec template). Raises ChildRefused if refused (e.g. this
+        attempt is stale, or the depth bound). For sync handlers; async ones use
+        ``submit_child_async``."""
+        children = self._children()
+        return children._run(children.submit_async(build_child_spec(task_type, input, key=key, **options)), timeout_s)
+
+    async def submit_child_async(self, task_type: str, input: Any = None, *, key: str, **options: Any) -> ChildHandle:
+        """``submit_child`` for async handlers."""
+        return await self._children().submit_async(build_child_spec(task_type, input, key=key, **options))
+
+    def wait_child(self, child: ChildHandle | str, timeout_s: float | None = None) -> Any:
+        """Block until the child is terminal: its output if it SUCCEEDED, else raises ChildFailed.
+        Default timeout: what is left of this attempt. For sync handlers."""
+        task_id = child.task_id if isinstance(child, ChildHandle) else child
+        children = self._children()
+        if timeout_s is None and self.deadline != math.inf:
+            timeout_s = self.remaining_s()
+        return children._run(children.wait_async(task_id), timeout_s)
+
+    async def wait_child_async(self, child: ChildHandle | str) -> Any:
+        """``wait_child`` for async handlers."""
+        task_id = child.task_id if isinstance(child, ChildHandle) else child
+        return await self._children().wait_async(task_id)

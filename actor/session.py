@@ -44,6 +44,7 @@ from tenacity import (
 
 from actor.app import App
 from actor.attempt_runner import AttemptRunner, CancelCause, LeaseKey, lease_key
+from actor.children import ChildChannel
 from actor.errors import ActorRejected
 from actor.handler_pool import HandlerThreadPool
 from corral.v1 import actor_service_pb2, actor_service_pb2_grpc, task_pb2
@@ -183,6 +184,9 @@ class ActorSession:
         self._stop_requested = asyncio.Event()
         # actor.telemetry.ActorTelemetry (set by actor.telemetry.install), or None: off.
         self.telemetry: Any = None
+        # Child tasks submitted and awaited by handlers (actor/children.py).
+        self.children = ChildChannel()
+        self.children.wake = self._wake.set
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -253,6 +257,7 @@ class ActorSession:
             raise RuntimeError("ActorSession.run() may be called only once")
         self._ran = True
         loop = self._loop = asyncio.get_running_loop()
+        self.children.loop = loop
         self._pool = HandlerThreadPool(self.slots)
         if self._stop_flag:
             self._signal_stop()
@@ -487,10 +492,11 @@ class ActorSession:
                      len(held), len(held & adopted))
         self.connects += 1
         self._outbox = list(self._unacked.values())
+        self.children.on_connected()
         self._online = True
         self._connected.set()
         self._draining_announced = False  # a new stream: tell it again if we are draining
-        if self._outbox or self._draining:
+        if self._outbox or self._draining or self.children.has_outgoing:
             self._wake.set()
         self._changed.set()
 
@@ -507,7 +513,7 @@ class ActorSession:
         wake = self._wake
         while True:
             announce = self._draining and not self._draining_announced
-            if not self._outbox and not self._heartbeat_due and not announce:
+            if not self._outbox and not self._heartbeat_due and not announce and not self.children.has_outgoing:
                 if self._closing:
                     await call.done_writing()
                     return
@@ -524,7 +530,10 @@ class ActorSession:
                 self._heartbeat_due = False
                 if self._running:
                     req.heartbeats.extend(r.lease.ref for r in self._running.values())
-            if not req.results and not req.heartbeats and not req.draining:
+            if self.children.has_outgoing:
+                self.children.fill(req)
+            if not req.results and not req.heartbeats and not req.draining and not (
+                    req.child_submissions or req.child_waits):
                 continue
             await call.write(req)
             self.messages_sent += 1
@@ -570,6 +579,11 @@ class ActorSession:
             self._on_cancel(cancel)
         for ack in msg.acks:
             self._on_ack(ack)
+        if msg.child_submitted or msg.child_outcomes:
+            for answer in msg.child_submitted:
+                self.children.on_submitted(answer)
+            for outcome in msg.child_outcomes:
+                self.children.on_outcome(outcome)
 
     def _start_lease(self, lease: actor_service_pb2.Lease, received_at_s: float) -> None:
         key = lease_key(lease.ref)
@@ -598,7 +612,7 @@ class ActorSession:
                         self.slots, key[0], extra=_lease_log_fields(lease))
         runner = AttemptRunner(
             self.app, lease, grace_s=self.grace_s, executor=self._pool,
-            on_done=self._on_attempt_done, received_at_s=received_at_s,
+            on_done=self._on_attempt_done, received_at_s=received_at_s, child_channel=self.children,
         )
         self._running[key] = runner
         self.attempts_started += 1
@@ -653,6 +667,8 @@ class ActorSession:
         key = runner.key
         self.attempts_finished += 1
         self._changed.set()
+        if self.children.active:
+            self.children.forget_attempt(key)
         if self.telemetry is not None:
             self.telemetry.attempt_done(runner, result, key not in self._running)  # not running: dropped
         if self._running.pop(key, None) is None:

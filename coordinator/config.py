@@ -95,6 +95,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("priority_aging_s", float, 60.0,
             "a READY task's priority grows by 1 per this many seconds waited (no starvation); 0: no aging",
             lambda v: None if v >= 0 else "must not be negative"),
+    Setting("max_task_depth", int, 8,
+            "deepest allowed child task (a root task is at depth 0); deeper child submissions are refused",
+            _at_least(1)),
     Setting("wal_map_size_bytes", int, 16 << 30, "initial LMDB map size (grows when full)", _at_least(1 << 20)),
     Setting("truncate_corrupt_wal", _bool, False,
             "on start, drop WAL records from the first corrupt one on, instead of refusing to start"),
@@ -155,6 +158,7 @@ class CoordinatorConfig:
     max_queued_tasks: int = 1_000_000
     rate_limits: str = ""
     priority_aging_s: float = 60.0
+    max_task_depth: int = 8
     wal_map_size_bytes: int = 16 << 30
     truncate_corrupt_wal: bool = False
     shutdown_grace_s: float = 10.0

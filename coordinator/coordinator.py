@@ -102,7 +102,7 @@ class Coordinator:
             self.wal, projection, fleet, coordinator_id=config.effective_coordinator_id,
             heartbeat_interval_ms=config.heartbeat_interval_ms, max_queued_commands=config.max_queued_commands,
             max_queued_events=config.max_queued_events, max_actors=config.max_actors,
-            clock=self.clock, metrics=metrics,
+            clock=self.clock, metrics=metrics, max_task_depth=config.max_task_depth,
             admission=Admission(config.max_queued_tasks, config.rate_limit_map, int(time.monotonic() * 1000)))
         restored = self.loop.restore_leases()
         tune_gc()

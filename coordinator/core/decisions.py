@@ -24,10 +24,13 @@ from corral.v1 import task_pb2, wal_pb2
 
 from .admission import drop_on_promote
 from .backoff import retry_delay_ms
+from .durations import to_ms
 from .fleet import ActorKey, ConnectedActor, Fleet
 from .model import TaskRecord
-from .projection import (TIMER_ATTEMPT_DEADLINE, TIMER_PROMOTE, TIMER_SCHEDULE_TO_START,
+from .children import success_state
+from .projection import (TIMER_ATTEMPT_DEADLINE, TIMER_CLOSE, TIMER_PROMOTE, TIMER_SCHEDULE_TO_START,
                          Projection)
+from .states import is_terminal
 from .states import RUNNING, State
 
 Draw = Callable[[], float]
@@ -79,7 +82,8 @@ def end_attempt(task: TaskRecord, outcome: int, error: task_pb2.TaskError | None
         if error is None or outcome != O_CANCELED:
             error = task_pb2.TaskError(message=task.cancel_reason or "canceled by request", kind="canceled")
     elif outcome == O_SUCCEEDED:
-        next_state = State.SUCCEEDED
+        # A parent whose children have not all finished waits for them (core/children.py).
+        next_state = success_state(task) if task.children else State.SUCCEEDED
     elif outcome == O_HANDED_BACK:
         next_state = State.READY  # never ran: counts against no limit
     elif outcome == O_LOST or outcome == O_CANCELED:
@@ -171,6 +175,19 @@ def timer_record(projection: Projection, kind: int, task_id: str, attempt: int, 
                 kind="timeout")
             return end_attempt(task, O_TIMED_OUT, error, now_ms, draw, reason="execution timeout")
         return None
+    if kind == TIMER_CLOSE:
+        if is_terminal(state) or task.close_at_ms > now_ms:
+            return None
+        reason = f"schedule-to-close timeout: not finished by its total deadline ({to_ms(task.spec.schedule_to_close_timeout)} ms)"
+        error = task_pb2.TaskError(message=reason, kind="schedule_to_close_timeout", non_retryable=True)
+        if state == State.RUNNING:
+            record = end_attempt(task, O_TIMED_OUT, error, now_ms, draw, reason=reason)
+            ended = record.attempt_ended
+            ended.next_state = State.FAILED
+            ended.ClearField("ready_at_unix_ms")
+            return record
+        return wal_pb2.WalRecord(task_state_changed=wal_pb2.TaskStateChanged(
+            task_id=task_id, state=State.FAILED, reason=reason, error=error))
     return None
 
 

@@ -79,9 +79,7 @@ class EventFilter:
         return cls(frozenset(request.types), dict(request.labels), request.parent_task_id)
 
     def matches(self, task: TaskRecord) -> bool:
-        if self.parent_task_id:
-            # Task graphs (parents) come in a later change: until then no task has a parent, so a
-            # parent filter matches nothing. Replace with a comparison to the task's parent then.
+        if self.parent_task_id and task.parent_id != self.parent_task_id:
             return False
         if self.types and task.type not in self.types:
             return False

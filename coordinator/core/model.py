@@ -47,7 +47,8 @@ class TaskRecord:
         "lost_attempts", "max_attempts", "max_lost_attempts", "execution_timeout_ms",
         "schedule_to_start_ms", "cancel_requested", "cancel_reason", "state_reason",
         "error", "result", "started_once", "ordinal", "concurrency_key", "prerequisites",
-        "unfinished_prerequisites",
+        "unfinished_prerequisites", "parent_id", "depth", "children", "unfinished_children",
+        "failed_child", "close_at_ms",
     )
 
     def __init__(self, task_id: str, spec: task_pb2.TaskSpec, state: int, created_ms: int,
@@ -89,6 +90,17 @@ class TaskRecord:
         # and how many of them have not SUCCEEDED. () for most tasks; set by Projection.apply.
         self.prerequisites: list[str] | tuple = ()
         self.unfinished_prerequisites = 0
+        # Children (core/children.py), set by Projection.apply: the parent's id ("" for a root
+        # task) and depth; the ids of the children submitted so far (() for most tasks), how many
+        # non-detached ones are not terminal, and the first one that ended FAILED/CANCELED while
+        # not allowed to ("" if none).
+        self.parent_id = ""
+        self.depth = 0
+        self.children: list[str] | tuple = ()
+        self.unfinished_children = 0
+        self.failed_child = ""
+        # Total (schedule-to-close) timeout: when the task must be terminal by (0: no limit).
+        self.close_at_ms = 0
 
     @property
     def backoff(self) -> BackoffPolicy:
@@ -116,4 +128,6 @@ class TaskRecord:
             self.error.SerializeToString(deterministic=True) if self.error is not None else None,
             self.result.SerializeToString(deterministic=True) if self.result is not None else None,
             tuple(self.prerequisites), self.unfinished_prerequisites,
+            self.parent_id, self.depth, tuple(self.children), self.unfinished_children, self.failed_child,
+            self.close_at_ms,
         )

@@ -21,6 +21,11 @@ Invariants:
   DependencyDeclared and the SUCCEEDED AttemptEnded of a prerequisite, so replay rebuilds them.
   What happens to the dependents (promotion, cascading cancels) is decided by graph.py and
   written by the loop as ordinary records.
+- Children (core/children.py): `child_keys` ((parent id, child key) -> child id) and each task's
+  parent/depth/children/unfinished_children/failed_child are maintained here from TaskSubmitted
+  (spec.parent_task_id) and the children's terminal transitions, so replay rebuilds them. The
+  handler's output of a parent that waits for its children is kept in `result` (the AttemptEnded
+  to WAITING_FOR_CHILDREN) and becomes the task's output when it SUCCEEDS.
 """
 from __future__ import annotations
 
@@ -31,13 +36,16 @@ from typing import Iterable
 from corral.v1 import task_pb2, wal_pb2
 
 from .concurrency import ConcurrencyIndex
+from .durations import to_ms
 from .model import AttemptRecord, TaskRecord
-from .states import READY, SUCCEEDED, WAITING, State, check_transition, is_terminal
+from .states import READY, SUCCEEDED, WAITING, WAITING_FOR_CHILDREN, State, check_transition, is_terminal
 
 # Durable timer kinds.
 TIMER_PROMOTE = 1          # SCHEDULED / RETRY_WAIT -> READY at ready_at_ms
 TIMER_SCHEDULE_TO_START = 2  # READY too long before its first attempt
 TIMER_ATTEMPT_DEADLINE = 3   # RUNNING past its attempt deadline (+ grace)
+TIMER_CLOSE = 4              # not terminal at its total (schedule-to-close) deadline
+_TERMINAL_INTS = frozenset(int(s) for s in (State.SUCCEEDED, State.FAILED, State.CANCELED))
 
 QueueKey = tuple[str, frozenset[str]]
 TIMERS_COMPACT_MIN = 4096
@@ -71,6 +79,8 @@ class Projection:
         self.concurrency = ConcurrencyIndex(self)
         # Task graphs: prerequisite id -> ids of the tasks that depend on it (core/graph.py).
         self.dependents: dict[str, list[str]] = {}
+        # Children: (parent id, child key) -> child id (core/children.py).
+        self.child_keys: dict[tuple[str, str], str] = {}
         self._appliers = {
             "task_submitted": self._apply_submitted,
             "lease_granted": self._apply_lease_granted,
@@ -120,6 +130,8 @@ class Projection:
         counts[state] += 1
         task.state = state
         task.updated_ms = now_ms
+        if task.parent_id and state in _TERMINAL_INTS:
+            self._child_ended(task, state)
         if task.concurrency_key:
             # Keyed tasks: READY ones wait in their key's heap until it has room.
             self.concurrency.transition(task, previous, state, now_ms)
@@ -166,6 +178,8 @@ class Projection:
             return task.state == State.RUNNING and task.attempts[-1].number == attempt
         if kind == TIMER_PROMOTE:
             return task.state == State.SCHEDULED or task.state == State.RETRY_WAIT
+        if kind == TIMER_CLOSE:
+            return not is_terminal(task.state)
         return task.state == READY and not task.started_once
 
     def _compact_timers(self) -> None:
@@ -190,6 +204,11 @@ class Projection:
             self.concurrency.add_member(task)
         if spec.depends_on:
             self._add_prerequisites(task, spec.depends_on)
+        if spec.parent_task_id:
+            self._add_child(task, spec)
+        if spec.HasField("schedule_to_close_timeout"):
+            task.close_at_ms = max(now_ms, ev.ready_at_unix_ms) + to_ms(spec.schedule_to_close_timeout)
+            self._add_timer(task.close_at_ms, TIMER_CLOSE, ev.task_id, 0)
         if ev.state == State.READY:
             self._set_state(task, State.READY, now_ms)
         elif ev.state == State.SCHEDULED:
@@ -240,11 +259,10 @@ class Projection:
             task.result = ev
             task.error = None
             if self.dependents:
-                dependents = self.dependents.get(ev.task_id)
-                if dependents:
-                    tasks = self.tasks
-                    for dependent_id in dependents:
-                        tasks[dependent_id].unfinished_prerequisites -= 1
+                self._prerequisite_succeeded(ev.task_id)
+        elif next_state == WAITING_FOR_CHILDREN:
+            task.result = ev  # the handler's output: the task's once its children have finished
+            task.error = None
         elif ev.HasField("error"):
             task.error = ev.error
         if next_state == State.RETRY_WAIT:
@@ -260,8 +278,46 @@ class Projection:
         task.state_reason = ev.reason
         if ev.HasField("error"):
             task.error = ev.error
+        if ev.state == SUCCEEDED and self.dependents:  # out of WAITING_FOR_CHILDREN
+            self._prerequisite_succeeded(ev.task_id)
         if ev.state == State.SCHEDULED:  # out of WAITING_FOR_DEPENDENCIES, not_before still ahead
             self._add_timer(task.ready_at_ms, TIMER_PROMOTE, ev.task_id, 0)
+
+    def _prerequisite_succeeded(self, task_id: str) -> None:
+        dependents = self.dependents.get(task_id)
+        if dependents:
+            tasks = self.tasks
+            for dependent_id in dependents:
+                tasks[dependent_id].unfinished_prerequisites -= 1
+
+    def _add_child(self, task: TaskRecord, spec: task_pb2.TaskSpec) -> None:
+        """Link a child (submitted by its parent's handler) to its parent."""
+        parent = self.tasks.get(spec.parent_task_id)
+        if parent is None:
+            raise CorruptProjection(f"task {task.task_id!r} has unknown parent {spec.parent_task_id!r}")
+        key = (parent.task_id, spec.child_key)
+        if key in self.child_keys:
+            raise CorruptProjection(f"task {parent.task_id!r} has two children with key {spec.child_key!r}")
+        self.child_keys[key] = task.task_id
+        task.parent_id = parent.task_id
+        task.depth = parent.depth + 1
+        if not parent.children:
+            parent.children = []
+        parent.children.append(task.task_id)
+        if not spec.detached:
+            parent.unfinished_children += 1
+
+    def _child_ended(self, task: TaskRecord, state: int) -> None:
+        """A child reached a terminal state: its parent's counters (not for detached children)."""
+        spec = task.spec
+        if spec.detached:
+            return
+        parent = self.tasks.get(task.parent_id)
+        if parent is None:  # forgotten (retention) before its child ended
+            return
+        parent.unfinished_children -= 1
+        if state != SUCCEEDED and not spec.allow_failure and not parent.failed_child:
+            parent.failed_child = task.task_id
 
     def _add_prerequisites(self, task: TaskRecord, prerequisite_ids) -> None:
         """Index the edges task -> prerequisites; count the prerequisites not SUCCEEDED yet."""
@@ -343,6 +399,8 @@ class Projection:
         h.update(repr(self.concurrency.summary()).encode())
         if self.dependents:
             h.update(repr(sorted((k, tuple(v)) for k, v in self.dependents.items())).encode())
+        if self.child_keys:
+            h.update(repr(sorted(self.child_keys.items())).encode())
         for task_id in sorted(self.tasks):
             h.update(repr(self.tasks[task_id].as_tuple()).encode())
         for actor_id in sorted(self.actors_seen):

@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2
 from corral.v1 import task_pb2
 
 from .model import TaskRecord
+from .states import SUCCEEDED, WAITING_FOR_CHILDREN
 
 
 def _ts(ms: int) -> timestamp_pb2.Timestamp:
@@ -36,8 +37,15 @@ def task_view(task: TaskRecord) -> task_pb2.Task:
         view.unfinished_prerequisites = task.unfinished_prerequisites
     if task.error is not None:
         view.error.CopyFrom(task.error)
+    if task.parent_id:
+        view.parent_task_id = task.parent_id
+        view.depth = task.depth
+    if task.children:
+        view.children = len(task.children)
+        view.unfinished_children = task.unfinished_children
     result = task.result
-    if result is not None:
+    # A parent that failed with a child keeps its handler's output out of sight.
+    if result is not None and (task.state == SUCCEEDED or task.state == WAITING_FOR_CHILDREN):
         which = result.WhichOneof("result")
         if which == "output":
             view.output.CopyFrom(result.output)

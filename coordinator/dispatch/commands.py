@@ -73,6 +73,8 @@ class ActorHello:
 class ActorUpdate:
     link: Any
     request: actor_service_pb2.ConnectRequest
+    # Child submissions the servicer refused (index in request.child_submissions -> CorralError).
+    rejected: dict | None = None
 
 
 @dataclass(slots=True)

@@ -34,6 +34,7 @@ from corral.v1 import actor_service_pb2, admin_service_pb2, task_pb2, wal_pb2
 
 from ..core import admission as admission_mod
 from ..core import decisions
+from ..core import children
 from ..core import graph
 from ..core.admission import Admission
 from ..core.durations import to_ms
@@ -41,7 +42,7 @@ from ..core.errors import AlreadyExists, CorralError, FailedPrecondition, NotFou
 from ..core.fleet import ConnectedActor, Fleet
 from ..core.projection import TIMER_ATTEMPT_DEADLINE, Projection
 from ..core.spec import spec_fingerprint
-from ..core.states import State, is_terminal
+from ..core.states import SUCCEEDED, WAITING_FOR_CHILDREN, State, is_terminal
 from ..core.views import task_view
 from ..storage.wal import HIGHEST_TOKEN_KEY, WriteAheadLog
 from . import commands as C
@@ -105,6 +106,7 @@ class DispatchLoop:
         rand: Callable[[], float] = random.random,
         metrics: Any = None,
         admission: Admission | None = None,
+        max_task_depth: int = children.DEFAULT_MAX_DEPTH,
     ) -> None:
         self.wal = wal
         self.projection = projection
@@ -134,6 +136,10 @@ class DispatchLoop:
         self.events = EventHub(max_queued_events)
         # Queued-task bound and per-type rate limits (core/admission.py); defaults: no rate limits.
         self.admission = admission if admission is not None else Admission()
+        # Children (core/children.py): the deepest allowed child, and the handlers waiting for a
+        # child to end (child id -> [(actor stream, parent lease)]; volatile: actors re-send them).
+        self.max_task_depth = max_task_depth
+        self._child_waits: dict[str, list[tuple[ActorLink, actor_service_pb2.LeaseRef]]] = {}
 
     # ---- the servicers' side -----------------------------------------------------------------
 
@@ -307,12 +313,55 @@ class DispatchLoop:
 
     def _emit(self, record: wal_pb2.WalRecord, task_id: str, step: Step) -> None:
         self._emit_one(record, task_id, step)
-        # Task graphs: every path that ends a task emits its record here. If it has dependents,
-        # their promotions / cascading cancels follow at once, in this step (core/graph.py).
-        dependents = self.projection.dependents
-        if dependents and task_id in dependents and is_terminal(self.projection.tasks[task_id].state):
-            graph.cascade(self.projection, task_id, step.now_ms,
-                          lambda r, tid: self._emit_one(r, tid, step))
+        # Every path that ends a task emits its record here, so what follows from an ending
+        # happens at once, in this step: dependents' promotions / cascading cancels (task graphs,
+        # core/graph.py), and the parent/children consequences (core/children.py).
+        task = self.projection.tasks.get(task_id)
+        if task is None:
+            return
+        state = task.state
+        if is_terminal(state):
+            dependents = self.projection.dependents
+            if dependents and task_id in dependents:
+                graph.cascade(self.projection, task_id, step.now_ms,
+                              lambda r, tid: self._emit_one(r, tid, step))
+            if task.parent_id or task.children or self._child_waits:
+                self._after_tree_member_ended(task, step)
+        elif state == WAITING_FOR_CHILDREN:
+            ending = children.resolve(self.projection, task)  # e.g. a child had failed already
+            if ending is not None:
+                self._emit(ending, task_id, step)
+
+    def _after_tree_member_ended(self, task, step: Step) -> None:
+        """A task in a tree ended: tell handlers waiting for it, cancel the children of a parent
+        that failed or was canceled (not detached ones), and finish a parent waiting for it."""
+        waits = self._child_waits.pop(task.task_id, None) if self._child_waits else None
+        if waits:
+            for link, ref in waits:
+                parent = self.projection.tasks.get(ref.task_id)
+                if (parent is not None and parent.state == State.RUNNING
+                        and parent.attempts[-1].fencing_token == ref.fencing_token):
+                    step.message_for(link).child_outcomes.append(children.outcome_message(task, ref))
+        if task.children and task.state != SUCCEEDED:
+            self._cancel_descendants(task.task_id, False,
+                                     f"parent {task.task_id} ended {State(task.state).name}", step)
+        if task.parent_id:
+            parent = self.projection.tasks.get(task.parent_id)
+            if parent is not None and parent.state == WAITING_FOR_CHILDREN:
+                ending = children.resolve(self.projection, parent)
+                if ending is not None:
+                    self._emit(ending, parent.task_id, step)
+
+    def _cancel_descendants(self, task_id: str, include_detached: bool, reason: str, step: Step) -> None:
+        """Cancel the subtree under `task_id` (running descendants: the cancel is pushed)."""
+        for descendant in children.descendants(self.projection, task_id, include_detached=include_detached):
+            record = children.cancel_record(descendant, reason)
+            if record is None:
+                continue
+            self._emit(record, descendant.task_id, step)
+            if record.HasField("cancel_requested"):
+                a = descendant.current_attempt
+                self._push_cancel(descendant.task_id, a.number, a.fencing_token, CANCEL_REQUESTED, reason, step)
 
     def _emit_one(self, record: wal_pb2.WalRecord, task_id: str, step: Step) -> None:
         self.projection.apply(record, step.now_ms)
@@ -340,6 +389,10 @@ class DispatchLoop:
     # ---- commands from clients ---------------------------------------------------------------
 
     def _on_submit(self, cmd: C.SubmitTasks, step: Step) -> None:
+        step.replies.append((cmd.reply, self._submit_specs(cmd.specs, cmd.fields, step)))
+
+    def _submit_specs(self, specs, fields, step: Step) -> list[tuple[str, bool, int]]:
+        """Write validated specs (all or nothing): [(task_id, created, state)] in their order."""
         if self.drain.draining:
             raise Unavailable(self.drain.refusal())
         tasks = self.projection.tasks
@@ -350,7 +403,7 @@ class DispatchLoop:
         batch_ids: dict[str, bytes] = {}
         batch_keys: dict[str, str] = {}
         with_prerequisites = False
-        for spec, field in zip(cmd.specs, cmd.fields):
+        for spec, field in zip(specs, fields):
             if spec.depends_on:
                 with_prerequisites = True
             existing_id = None
@@ -384,7 +437,7 @@ class DispatchLoop:
             # Task graphs (core/graph.py): unknown prerequisites and cycles are refused here, before
             # anything is written; prerequisites within the batch are written before their dependents.
             new = [i for i, (_, existing) in enumerate(plan) if existing is None]
-            order = graph.plan_batch([plan[i][0] for i in new], [cmd.fields[i] for i in new], tasks.__contains__)
+            order = graph.plan_batch([plan[i][0] for i in new], [fields[i] for i in new], tasks.__contains__)
             if order is not None:
                 placed = {new[k] for k in order}
                 write_order = [i for i in range(len(plan)) if i not in placed] + [new[k] for k in order]
@@ -395,7 +448,7 @@ class DispatchLoop:
         results: list = [None] * len(plan)
         for i in (write_order if write_order is not None else range(len(plan))):
             results[i] = self._write_submission(plan[i][0], plan[i][1], now, step)
-        step.replies.append((cmd.reply, results))
+        return results
 
     def _write_submission(self, spec: task_pb2.TaskSpec, existing_id: str | None, now: int,
                           step: Step) -> tuple[str, bool, int]:
@@ -448,7 +501,14 @@ class DispatchLoop:
         page: list = []
         last_ordinal = 0
         more = False
-        for task in self.projection.tasks.values():
+        tasks = self.projection.tasks
+        candidates = tasks.values()
+        if req.parent_task_id:  # a parent's children, in submission order
+            parent = tasks.get(req.parent_task_id)
+            if parent is None:
+                raise NotFound(f"parent_task_id: task {req.parent_task_id!r} not found")
+            candidates = [tasks[c] for c in parent.children if c in tasks]
+        for task in candidates:
             if task.ordinal <= cmd.after_ordinal:
                 continue
             if states and task.state not in states:
@@ -469,6 +529,8 @@ class DispatchLoop:
         if is_terminal(task.state):
             raise FailedPrecondition(f"task {cmd.task_id!r} is already {State(task.state).name}; nothing to cancel")
         reason = cmd.reason or "canceled by request"
+        if task.children:  # the whole subtree, detached children too, running ones included
+            self._cancel_descendants(task.task_id, True, f"ancestor {task.task_id} canceled: {reason}", step)
         if task.state == State.RUNNING:
             if not task.cancel_requested:
                 self._emit(wal_pb2.WalRecord(cancel_requested=wal_pb2.CancelRequested(
@@ -622,6 +684,61 @@ class DispatchLoop:
                 record = decisions.end_attempt_with_result(projection.tasks[ref.task_id], result, now, self.rand)
                 self._emit_attempt_ended(record, step)
                 msg.acks.add(lease=ref, accepted=True)
+        if request.child_submissions:
+            self._on_child_submissions(cmd, key, step)
+        if request.child_waits:
+            self._on_child_waits(cmd, key, step)
+
+    def _on_child_submissions(self, cmd: C.ActorUpdate, key, step: Step) -> None:
+        """Children submitted by running handlers, each fenced by its parent's lease."""
+        msg = step.message_for(cmd.link)
+        rejected = cmd.rejected or {}
+        for i, submission in enumerate(cmd.request.child_submissions):
+            answer = msg.child_submitted.add(request_id=submission.request_id)
+            error = rejected.get(i)
+            if error is None:
+                try:
+                    answer.task_id, answer.created, answer.state = self._submit_child(submission, i, key, step)
+                except CorralError as exc:
+                    error = exc
+            if error is not None:
+                answer.code = error.code
+                answer.message = str(error)
+
+    def _submit_child(self, submission: actor_service_pb2.ChildSubmission, index: int, key,
+                      step: Step) -> tuple[str, bool, int]:
+        ref = submission.parent
+        why = decisions.fence(self.projection, self.fleet, key, ref.task_id, ref.attempt, ref.fencing_token,
+                              step.lease_ms)
+        if why is not None:
+            raise FailedPrecondition(f"child_submissions[{index}].parent: {why}; a stale attempt cannot submit children")
+        parent = self.projection.tasks[ref.task_id]
+        spec = submission.task
+        existing = children.check_submission(self.projection, parent, spec, self.max_task_depth)
+        if existing is not None:
+            return existing, False, self.projection.tasks[existing].state
+        children.prepare_child_spec(parent, spec)
+        return self._submit_specs([spec], [f"child_submissions[{index}].task"], step)[0]
+
+    def _on_child_waits(self, cmd: C.ActorUpdate, key, step: Step) -> None:
+        """Handlers waiting for children: answered when each child is terminal (now, if it is)."""
+        tasks = self.projection.tasks
+        for wait in cmd.request.child_waits:
+            ref = wait.parent
+            why = decisions.fence(self.projection, self.fleet, key, ref.task_id, ref.attempt, ref.fencing_token,
+                                  step.lease_ms)
+            for child_id in wait.task_ids:
+                child = tasks.get(child_id)
+                if why is None and (child is None or child.parent_id != ref.task_id):
+                    why = f"task {child_id!r} is not a child of task {ref.task_id!r}"
+                if why is not None:
+                    outcome = step.message_for(cmd.link).child_outcomes.add(parent=ref, task_id=child_id)
+                    outcome.error.message = why
+                    outcome.error.kind = "child_wait_refused"
+                elif is_terminal(child.state):
+                    step.message_for(cmd.link).child_outcomes.append(children.outcome_message(child, ref))
+                else:
+                    self._child_waits.setdefault(child_id, []).append((cmd.link, ref))
 
     def _on_actor_gone(self, cmd: C.ActorGone, step: Step) -> None:
         key = cmd.link.actor_key
@@ -631,6 +748,14 @@ class DispatchLoop:
         if actor is not None and actor.session is cmd.link:
             # Its leases stay live until they expire: the actor may reconnect and re-present them.
             self.fleet.disconnect(key)
+        if self._child_waits:  # the actor re-sends its waits on its next stream
+            link = cmd.link
+            for child_id in list(self._child_waits):
+                kept = [w for w in self._child_waits[child_id] if w[0] is not link]
+                if kept:
+                    self._child_waits[child_id] = kept
+                else:
+                    del self._child_waits[child_id]
 
     # ---- time and selection ------------------------------------------------------------------
 
@@ -663,7 +788,7 @@ class DispatchLoop:
             if record.HasField("attempt_ended"):
                 ended = record.attempt_ended
                 self._push_cancel(task_id, ended.attempt, ended.fencing_token, CANCEL_TIMED_OUT,
-                                  "attempt deadline passed", step)
+                                  ended.reason or "attempt deadline passed", step)
                 self._emit_attempt_ended(record, step)
             else:
                 self._emit(record, task_id, step)

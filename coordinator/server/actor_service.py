@@ -15,7 +15,7 @@ import grpc
 from corral.v1 import actor_service_pb2_grpc
 
 from ..core.errors import CorralError, InvalidField
-from ..core.spec import TYPE_RE
+from ..core.spec import TYPE_RE, SpecLimits, normalize_spec
 from ..dispatch import commands as C
 from ..dispatch.actor_link import ActorLink, LinkClosed
 from ..dispatch.loop import DispatchLoop
@@ -47,9 +47,23 @@ def validate_identity(identity) -> None:
             raise InvalidField(f"hello.identity.task_types[{i}]", "must be 1-128 characters of [A-Za-z0-9._:/-]")
 
 
+def validate_child_submissions(request, limits: SpecLimits, now_ms: int) -> dict[int, CorralError] | None:
+    """Check the child task specs of a stream message (filling their defaults, like SubmitTask).
+    Refused ones are answered by the loop (ChildSubmitted with the status); others go on."""
+    rejected: dict[int, CorralError] = {}
+    for i, submission in enumerate(request.child_submissions):
+        try:
+            normalize_spec(submission.task, f"child_submissions[{i}].task", limits, now_ms, child=True)
+        except InvalidField as exc:
+            rejected[i] = exc
+    return rejected or None
+
+
 class ActorService(actor_service_pb2_grpc.ActorServiceServicer):
-    def __init__(self, loop: DispatchLoop, check_cert_identity: bool = False) -> None:
+    def __init__(self, loop: DispatchLoop, check_cert_identity: bool = False,
+                 limits: SpecLimits | None = None) -> None:
         self.loop = loop
+        self.limits = limits if limits is not None else SpecLimits()
         # Mutual TLS: the hello's actor_id must be a name of the client certificate (server/tls.py).
         self.check_cert_identity = check_cert_identity
 
@@ -113,7 +127,9 @@ class ActorService(actor_service_pb2_grpc.ActorServiceServicer):
                     return
                 if self.loop.inbox_full:
                     await self.loop.wait_for_room()
-                self.loop.post(C.ActorUpdate(link, request))
+                rejected = (validate_child_submissions(request, self.limits, self.loop.now_ms())
+                            if request.child_submissions else None)
+                self.loop.post(C.ActorUpdate(link, request, rejected))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the stream broke; the writer ends it

@@ -50,9 +50,10 @@ def build_server(config: CoordinatorConfig, loop: DispatchLoop, tracing: Submiss
         ("grpc.http2.min_ping_interval_without_data_ms", int(config.keepalive_min_ping_interval_s * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
     ])
-    task_service_pb2_grpc.add_TaskServiceServicer_to_server(
-        TaskService(loop, SpecLimits(max_input_bytes=config.max_input_bytes), tracing), server)
-    actor_service_pb2_grpc.add_ActorServiceServicer_to_server(ActorService(loop, check_cert_identity=mutual_tls(config)), server)
+    limits = SpecLimits(max_input_bytes=config.max_input_bytes)
+    task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskService(loop, limits, tracing), server)
+    actor_service_pb2_grpc.add_ActorServiceServicer_to_server(
+        ActorService(loop, check_cert_identity=mutual_tls(config), limits=limits), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(loop), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -109,6 +109,8 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
                     raise InvalidField(f"states[{i}]", f"unknown state {state}")
             if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
                 raise InvalidField("page_size", f"must be between 0 and {MAX_PAGE_SIZE}, got {request.page_size}")
+            if request.parent_task_id and not TASK_ID_RE.fullmatch(request.parent_task_id):
+                raise InvalidField("parent_task_id", "must be a task id (1-128 characters of [A-Za-z0-9._:-])")
             after = decode_page_token(request.page_token)
             size = request.page_size or DEFAULT_PAGE_SIZE
             views, last = await self.loop.call(lambda f: C.ListTasks(request, after, size, f))

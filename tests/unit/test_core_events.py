@@ -87,8 +87,10 @@ def test_filters_match_types_any_of_and_labels_all_of():
     assert matching(EventFilter(labels={"team": "media", "env": "prod"})) == ["a"]
     assert matching(EventFilter(labels={"team": "other"})) == []
     assert matching(EventFilter(frozenset({"email"}), {"env": "prod"})) == []
-    # No task has a parent until task graphs exist: a parent filter matches nothing.
-    assert matching(EventFilter(parent_task_id="a")) == []
+    # A parent filter matches the parent's direct children only.
+    tasks["b"].parent_id = "a"
+    assert matching(EventFilter(parent_task_id="a")) == ["b"]
+    assert matching(EventFilter(frozenset({"resize"}), parent_task_id="a")) == []
 
 
 @pytest.mark.parametrize("request_kwargs, field", [
