@@ -15,7 +15,7 @@ import sys
 import pytest
 from google.protobuf import json_format
 
-from corral.v1 import task_pb2
+from corral.v1 import admin_service_pb2, task_pb2
 
 from .harness import REPO_ROOT
 
@@ -315,3 +315,47 @@ def test_actor_with_bad_arguments_exits_2_saying_why(tmp_path, args, says):
     assert proc.returncode == 2, f"{proc.returncode}: {proc.stdout} {proc.stderr}"
     assert "Traceback" not in proc.stderr, proc.stderr
     assert says in proc.stderr, proc.stderr
+
+
+# ---- children ------------------------------------------------------------------------------------
+
+def test_watch_children_follows_a_parent_and_its_children_until_all_are_terminal(cluster):
+    from .harness import wait_for
+
+    cluster.start_actor("fan", app="tests.e2e.children_app", slots=8)
+    assert ok(corral("pause", "--reason", "watch first", *at(cluster))).startswith("Dispatch paused")
+    fan_in = '{"n": 3, "child_type": "sleep", "child_input": {"seconds": 0.2}, "wait": true}'
+    parent = ok(corral("submit", "fanout", fan_in, *at(cluster))).strip()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    watcher = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "watch", parent, "--children", "--json",
+                                *at(cluster)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=REPO_ROOT, env={**base, "PYTHONPATH": str(REPO_ROOT)})
+    try:
+        # Subscribed (a stream for the parent's type, one for its children) before anything runs:
+        # the children are discovered from the stream, not from a listing.
+        wait_for(lambda: cluster.admin.GetClusterStatus(admin_service_pb2.GetClusterStatusRequest(),
+                                                        timeout=5).event_subscribers == 2, 20, "the watch streams")
+        assert ok(corral("resume", *at(cluster))) == "Dispatch resumed.\n"
+        stdout, stderr = watcher.communicate(timeout=30)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait(timeout=10)
+    assert watcher.returncode == 0, stderr
+    events = [json.loads(line) for line in stdout.splitlines()]
+    children = ok_json(corral("list", "--parent", parent, "--json", *at(cluster)))["tasks"]
+    assert len(children) == 3 and all(c["parentTaskId"] == parent for c in children)
+    child_ids = {c["taskId"] for c in children}
+    final = {e["taskId"]: e["state"] for e in events}
+    assert final == {parent: "TASK_STATE_SUCCEEDED", **{c: "TASK_STATE_SUCCEEDED" for c in child_ids}}
+    kinds = [(e["taskId"], e["kind"]) for e in events]
+    assert kinds[0] == (parent, "TASK_EVENT_KIND_UNSPECIFIED")
+    assert {t for t, kind in kinds if kind == "TASK_EVENT_KIND_SUBMITTED"} == child_ids
+    assert [e["state"] for e in events if e["taskId"] == parent] == [
+        "TASK_STATE_READY", "TASK_STATE_RUNNING", "TASK_STATE_SUCCEEDED"]
+
+    # Piped human output of a finished tree: the current states, then the summary.
+    proc = corral("watch", parent, "--children", *at(cluster))
+    assert len(ok(proc).splitlines()) == 4 and proc.stderr.strip() == "corral: 4 tasks: 4 succeeded"
+    table = ok(corral("list", "--parent", parent, *at(cluster)))
+    assert {row.split()[0] for row in table.splitlines()[2:]} == child_ids
