@@ -229,8 +229,8 @@ def attempt_word(n: int) -> str:
 def task_summary(task: task_pb2.Task, now_ms: int) -> RenderableType:
     """`corral get`: the task as key/value lines, then its attempts as a table."""
     grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
     spec = task.spec
     grid.add_row("Task", task.task_id)
     grid.add_row("Type", spec.type)
@@ -264,14 +264,23 @@ def task_summary(task: task_pb2.Task, now_ms: int) -> RenderableType:
     timings = task_timings(task, now_ms)
     grid.add_row("Timings", ", ".join(f"{k} {fmt_duration(v)}" for k, v in timings.items()))
     which = task.WhichOneof("result")
+    long_output = None
     if which == "output":
-        grid.add_row("Output", value_json(task, indent=None) or "")
+        compact = value_json(task, indent=None) or ""
+        if len(compact) <= 120:
+            grid.add_row("Output", compact)
+        else:  # shown in full, indented, after the summary
+            grid.add_row("Output", "(below)")
+            long_output = Text(value_json(task) or "")
     elif which == "output_bytes":
         grid.add_row("Output", f"<{len(task.output_bytes)} bytes>")
     if task.HasField("error"):
         grid.add_row("Error", Text(fmt_error(task.error), style="red"))
+    parts: list[RenderableType] = [grid]
+    if long_output is not None:
+        parts += [Text(""), Text("Output", style="bold"), long_output]
     if not task.attempts:
-        return grid
+        return Group(*parts)
     attempts = plain_table("Attempts")
     for name in ("#", "ACTOR", "STARTED", "DURATION", "OUTCOME", "ERROR"):
         attempts.add_column(name, no_wrap=name != "ERROR")
@@ -280,7 +289,7 @@ def task_summary(task: task_pb2.Task, now_ms: int) -> RenderableType:
         attempts.add_row(str(a.number), a.actor_id, fmt_time(started),
                          fmt_duration((ended or now_ms) - started), outcome_name(a.outcome),
                          fmt_error(a.error) if a.HasField("error") else "")
-    return Group(grid, Text(""), attempts)
+    return Group(*parts, Text(""), attempts)
 
 
 def submitted_line(resp: task_service_pb2.SubmitTaskResponse) -> str | None:

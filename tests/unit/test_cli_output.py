@@ -155,6 +155,11 @@ def test_task_summary_shows_state_attempts_output_and_timings():
         assert expected in text, (expected, text)
 
 
+def test_a_long_output_is_shown_in_full_after_the_summary():
+    text = render(out.task_summary(make_task(output={"rows": list(range(100))}), NOW), width=100)
+    assert re.search(r"Output\s+\(below\)", text) and "99" in [line.strip() for line in text.splitlines()]
+
+
 def test_failed_task_summary_and_outcome_line_show_the_error():
     task = make_task(state=S.TASK_STATE_FAILED, error=task_pb2.TaskError(kind="RuntimeError", message="boom"),
                      attempts=[("a", 1_700_000_000_500, 1_700_000_001_000, S.ATTEMPT_OUTCOME_FAILED)])
