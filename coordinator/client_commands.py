@@ -282,24 +282,32 @@ def cmd_status(args, channel, printer: Printer) -> int:
     if printer.as_json:
         printer.json(status)
         return out.EXIT_OK
-    queued = None
-    complete = True
+    queued, complete = None, True
     if args.scan_limit > 0:
-        tasks = task_service_pb2_grpc.TaskServiceStub(channel)
-        scanned: list[task_pb2.Task] = []
-        token = ""
-        while len(scanned) < args.scan_limit:
-            resp = tasks.ListTasks(task_service_pb2.ListTasksRequest(
-                states=out.QUEUED, page_token=token, page_size=min(1000, args.scan_limit - len(scanned))),
-                timeout=args.timeout_s)
-            scanned.extend(resp.tasks)
-            token = resp.next_page_token
-            if not token:
-                break
-        complete = not token
-        queued = out.count_queued(scanned)
+        try:
+            queued, complete = _scan_queue(channel, args.scan_limit, args.timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() not in out.AUTH:
+                raise
+            # An admin-only token may read the status but not list tasks (submitter role).
+            printer.note(f"corral: queue per type not shown: {exc.code().name}: {exc.details()}")
     printer.show(out.status_view(status, now_ms(), queued, complete))
     return out.EXIT_OK
+
+
+def _scan_queue(channel, limit: int, timeout_s: float) -> tuple[dict[str, dict[int, int]], bool]:
+    """Waiting tasks per type and state, from at most `limit` of them; and whether that was all."""
+    tasks = task_service_pb2_grpc.TaskServiceStub(channel)
+    scanned: list[task_pb2.Task] = []
+    token = ""
+    while len(scanned) < limit:
+        resp = tasks.ListTasks(task_service_pb2.ListTasksRequest(
+            states=out.QUEUED, page_token=token, page_size=min(1000, limit - len(scanned))), timeout=timeout_s)
+        scanned.extend(resp.tasks)
+        token = resp.next_page_token
+        if not token:
+            break
+    return out.count_queued(scanned), not token
 
 
 def cmd_watch(args, channel, printer: Printer) -> int:
