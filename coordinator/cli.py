@@ -4,6 +4,9 @@
     corral actor --coordinator HOST:PORT --app MODULE [--slots N]  run an actor process
     corral submit|get|cancel|watch|list|status ...                 talk to a coordinator
     corral pause|resume|drain|events ...                           operate it (pause dispatch, drain, task events)
+
+Client commands print for people by default and JSON with --json; their exit codes and the one-line
+error format are in `cli_output.py` (EXIT_CODES_HELP, shown by `corral --help`).
 """
 from __future__ import annotations
 
@@ -14,16 +17,25 @@ import signal
 import sys
 
 from . import config as config_mod
+from .cli_output import EXIT_CODES_HELP, EXIT_USAGE, error_line
 from .client_commands import add_client_commands, run_client_command
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A usage mistake is one line on stderr, `corral: error: USAGE: ...`, and exit 2 (no usage dump)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, error_line("USAGE", f"{message} (see `{self.prog} --help`)") + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="corral", description="Corral task-execution cluster")
+    parser = OneLineErrorParser(prog="corral", description="Corral task-execution cluster",
+                                epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("coordinator", help="run the coordinator")
     config_mod.add_arguments(p)
     sub.add_parser("actor", help="run an actor process (see `corral actor --help`)", add_help=False)
-    add_client_commands(sub)
+    add_client_commands(sub, EXIT_CODES_HELP)
     return parser
 
 

@@ -1,8 +1,9 @@
 """The `corral` command line, run as real subprocesses against a real coordinator.
 
-Client commands print protobuf JSON; a refused request prints one line `error: CODE: message` on
-stderr and exits 1; `submit --wait` exits 3 when the task did not succeed; a bad coordinator
-setting exits 2 with a message naming the setting.
+Client commands print for people by default (stdout is a pipe here: plain text, no ANSI codes) and
+protobuf JSON with --json; a user mistake or a refusal prints one line `corral: error: CODE: message`
+on stderr with the documented exit code (2 usage, 3 refused, 4 unreachable); `submit --wait` and
+`watch` exit 1 when a task did not succeed; a bad coordinator setting exits 2 naming the setting.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import subprocess
 import sys
 
 import pytest
+from google.protobuf import json_format
 
-from corral.v1 import task_pb2
+from corral.v1 import admin_service_pb2, task_pb2
 
 from .harness import REPO_ROOT
 
@@ -30,10 +32,14 @@ def corral(*args: str, env: dict[str, str] | None = None, cwd=None, timeout_s: f
                           env={**base, "PYTHONPATH": str(REPO_ROOT), **(env or {})})
 
 
-def ok_json(proc: subprocess.CompletedProcess):
+def ok(proc: subprocess.CompletedProcess) -> str:
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
     assert "Traceback" not in proc.stderr, proc.stderr
-    return json.loads(proc.stdout)
+    return proc.stdout
+
+
+def ok_json(proc: subprocess.CompletedProcess):
+    return json.loads(ok(proc))
 
 
 def assert_one_error_line(proc: subprocess.CompletedProcess, prefix: str) -> str:
@@ -56,29 +62,57 @@ def at(cluster) -> tuple[str, str]:
 
 # ---- client commands ---------------------------------------------------------------------------
 
-def test_submit_wait_exits_0_and_prints_the_succeeded_task_with_its_output(cli):
-    task = ok_json(corral("submit", "echo", '{"a": 1}', "--wait", *at(cli)))
+def test_submit_from_argument_file_and_stdin_prints_the_task_id(cli, tmp_path):
+    from_arg = ok(corral("submit", "echo", '{"from": "arg"}', *at(cli))).strip()
+    path = tmp_path / "input.json"
+    path.write_text('{"from": "file"}')
+    from_file = ok(corral("submit", "echo", "--input-file", str(path), *at(cli))).strip()
+    from_stdin = ok(corral("submit", "echo", "-", *at(cli), stdin='{"from": "stdin"}')).strip()
+    for task_id, source in ((from_arg, "arg"), (from_file, "file"), (from_stdin, "stdin")):
+        assert len(task_id.split()) == 1, "human output of submit: the id alone"
+        task = cli.wait_state(task_id, timeout_s=10)
+        assert task.state == S.TASK_STATE_SUCCEEDED and json_format.MessageToDict(task.output) == {"from": source}
+
+
+def test_submit_again_with_the_same_id_prints_the_id_and_notes_it_existed(cli):
+    first = ok(corral("submit", "echo", "{}", "--id", "cli-twice", *at(cli)))
+    proc = corral("submit", "echo", "{}", "--id", "cli-twice", *at(cli))
+    assert proc.returncode == 0 and proc.stdout == first == "cli-twice\n"
+    assert "already existed" in proc.stderr
+
+
+def test_submit_wait_prints_the_output_and_exits_0(cli):
+    proc = corral("submit", "echo", '{"a": 1, "b": [1.5, "x"]}', "--wait", *at(cli))
+    assert json.loads(ok(proc)) == {"a": 1, "b": [1.5, "x"]}
+    assert '"a": 1' in proc.stdout and "1.0" not in proc.stdout
+
+
+def test_submit_wait_json_prints_the_succeeded_task(cli):
+    task = ok_json(corral("submit", "echo", '{"a": 1}', "--wait", "--json", *at(cli)))
     assert task["state"] == "TASK_STATE_SUCCEEDED"
     assert task["output"] == {"a": 1}
     assert task["taskId"] and task["spec"]["type"] == "echo"
     assert [a["actorId"] for a in task["attempts"]] == ["cli-actor"]
-    assert cli.get(task["taskId"]).state == S.TASK_STATE_SUCCEEDED
 
 
-def test_submit_without_wait_prints_the_task_id_and_get_prints_the_task(cli):
-    submitted = ok_json(corral("submit", "echo", '{"b": [1, 2]}', "--id", "cli-get-me", *at(cli)))
-    assert submitted["taskId"] == "cli-get-me" and submitted["created"] is True
-    cli.wait_state("cli-get-me", timeout_s=10)
+def test_submit_wait_of_a_failing_task_exits_1_with_its_error_on_one_line(cli):
+    proc = corral("submit", "fail", '{"message": "cli says no"}', "--max-attempts", "1", "--wait", *at(cli))
+    assert proc.returncode == 1, f"{proc.returncode}: {proc.stdout} {proc.stderr}"
+    assert proc.stdout == ""
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("corral: task ") and "FAILED after 1 attempt" in line and "cli says no" in line
 
-    task = ok_json(corral("get", "cli-get-me", *at(cli)))
-    assert task["taskId"] == "cli-get-me"
-    assert task["state"] == "TASK_STATE_SUCCEEDED"
-    assert task["output"] == {"b": [1, 2]}
+    proc = corral("submit", "fail", '{"message": "cli says no"}', "--max-attempts", "1", "--wait", "--json",
+                  *at(cli))
+    assert proc.returncode == 1
+    task = json.loads(proc.stdout)
+    assert task["state"] == "TASK_STATE_FAILED" and task["error"]["message"] == "cli says no"
+    assert len(task["attempts"]) == 1
 
 
-def test_submit_reads_input_from_stdin_and_sets_priority_labels_and_retry_options(cli):
+def test_submit_sets_priority_labels_and_retry_options(cli):
     task = ok_json(corral("submit", "echo", "-", "--priority", "7", "--label", "team=infra", "--max-attempts", "2",
-                          "--execution-timeout-s", "5", "--wait", *at(cli), stdin='{"from": "stdin"}'))
+                          "--execution-timeout-s", "5", "--wait", "--json", *at(cli), stdin='{"from": "stdin"}'))
     assert task["state"] == "TASK_STATE_SUCCEEDED"
     assert task["output"] == {"from": "stdin"}
     assert task["spec"]["priority"] == 7
@@ -87,15 +121,60 @@ def test_submit_reads_input_from_stdin_and_sets_priority_labels_and_retry_option
     assert task["spec"]["executionTimeout"] == "5s"
 
 
-def test_get_of_unknown_task_exits_1_with_one_not_found_line_and_no_traceback(cli):
-    proc = corral("get", "nope", *at(cli))
-    assert proc.returncode == 1
-    line = assert_one_error_line(proc, "error: NOT_FOUND: ")
-    assert "nope" in line
+def test_get_shows_a_summary_and_json(cli):
+    ok(corral("submit", "echo", '{"b": [1, 2]}', "--id", "cli-get-me", "--label", "k=v", *at(cli)))
+    cli.wait_state("cli-get-me", timeout_s=10)
+
+    text = ok(corral("get", "cli-get-me", *at(cli)))
+    rows = {line.split(None, 1)[0]: line.split(None, 1)[1].strip() for line in text.splitlines()
+            if line and line[0].isupper() and len(line.split(None, 1)) == 2}
+    assert rows["Task"] == "cli-get-me" and rows["State"] == "SUCCEEDED" and rows["Labels"] == "k=v"
+    assert rows["Output"] == '{"b":[1,2]}'
+    assert rows["Timings"].startswith("queued ")
+    assert "cli-actor" in text and "\x1b[" not in text, "piped: no ANSI codes"
+
+    task = ok_json(corral("get", "cli-get-me", "--json", *at(cli)))
+    assert task["taskId"] == "cli-get-me" and task["state"] == "TASK_STATE_SUCCEEDED"
+    assert task["output"] == {"b": [1, 2]}
 
 
-def test_status_prints_json_with_the_connected_actor_and_task_counts(cli):
-    status = ok_json(corral("status", *at(cli)))
+def test_list_prints_a_table_and_json_with_filters_limit_and_paging(cli):
+    ids = [ok(corral("submit", "echo", "{}", "--label", "listed=yes", *at(cli))).strip() for _ in range(3)]
+    for task_id in ids:
+        cli.wait_state(task_id, timeout_s=10)
+
+    table = ok(corral("list", "--state", "succeeded", "--type", "echo", "--limit", "0", *at(cli)))
+    header, rule, *rows = table.splitlines()
+    assert header.split() == ["ID", "TYPE", "STATE", "ATTEMPTS", "CREATED", "DURATION", "DETAIL"]
+    listed = {row.split()[0]: row.split()[1:3] for row in rows}
+    assert all(listed[t] == ["echo", "SUCCEEDED"] for t in ids)
+    assert all(v == ["echo", "SUCCEEDED"] for v in listed.values())
+
+    every = ok_json(corral("list", "--state", "SUCCEEDED,running", "--type", "echo", "--limit", "0", "--json", *at(cli)))
+    assert set(ids) <= {t["taskId"] for t in every["tasks"]} and "nextPageToken" not in every
+    assert all(t["state"] == "TASK_STATE_SUCCEEDED" and t["spec"]["type"] == "echo" for t in every["tasks"])
+
+    # --limit over pages of 1: the CLI fetches the pages and says there are more.
+    proc = corral("list", "--type", "echo", "--limit", "2", "--page-size", "1", "--json", *at(cli))
+    two = ok_json(proc)
+    assert len(two["tasks"]) == 2 and two["nextPageToken"]
+    assert proc.stderr == ""
+    rest = ok_json(corral("list", "--type", "echo", "--limit", "0", "--page-token", two["nextPageToken"], "--json",
+                          *at(cli)))
+    assert [t["taskId"] for t in two["tasks"] + rest["tasks"]] == [t["taskId"] for t in ok_json(corral(
+        "list", "--type", "echo", "--limit", "0", "--json", *at(cli)))["tasks"]]
+    proc = corral("list", "--type", "echo", "--limit", "1", *at(cli))
+    assert len(ok(proc).splitlines()) == 3 and "more with --limit 0" in proc.stderr
+
+
+def test_status_prints_actor_slots_and_task_counts_and_json(cli):
+    text = ok(corral("status", *at(cli)))
+    assert "Dispatch       running" in text
+    [actor] = [line.split() for line in text.splitlines() if line.startswith("cli-actor")]
+    assert actor[2].endswith("/2"), actor
+    assert "Tasks by state" in text and "SUCCEEDED" in text
+
+    status = ok_json(corral("status", "--json", *at(cli)))
     [actor] = [a for a in status["actors"] if a["identity"]["actorId"] == "cli-actor"]
     assert actor["identity"]["slots"] == 2
     assert "echo" in actor["identity"]["taskTypes"]
@@ -104,22 +183,20 @@ def test_status_prints_json_with_the_connected_actor_and_task_counts(cli):
     assert "wal" in status
 
 
-def test_list_state_filter_accepts_lowercase_short_names(cli):
-    task_id = ok_json(corral("submit", "echo", '{"listed": true}', "--wait", *at(cli)))["taskId"]
-    listed = ok_json(corral("list", "--state", "succeeded", "--type", "echo", "--page-size", "1000", *at(cli)))
-    assert task_id in {t["taskId"] for t in listed["tasks"]}
-    assert all(t["state"] == "TASK_STATE_SUCCEEDED" and t["spec"]["type"] == "echo" for t in listed["tasks"])
-
-    proc = corral("list", "--state", "bogus", *at(cli))
-    assert proc.returncode != 0
-    assert_one_error_line(proc, "error: ")
+def test_status_counts_the_queue_per_type(cli):
+    queued = [cli.submit("cli-nobody-runs-this") for _ in range(2)]
+    text = ok(corral("status", *at(cli)))
+    [row] = [line.split() for line in text.splitlines() if line.startswith("cli-nobody-runs-this")]
+    assert row[0] == "cli-nobody-runs-this" and row[-1] == "2", text
+    for task_id in queued:
+        ok(corral("cancel", task_id, *at(cli)))
 
 
 def test_cancel_stops_a_running_sleep_task(cli):
-    task_id = ok_json(corral("submit", "sleep", '{"seconds": 30}', *at(cli)))["taskId"]
+    task_id = ok(corral("submit", "sleep", '{"seconds": 30}', *at(cli))).strip()
     cli.wait_state(task_id, (S.TASK_STATE_RUNNING,), timeout_s=10)
 
-    reply = ok_json(corral("cancel", task_id, "--reason", "from the cli", *at(cli)))
+    reply = ok_json(corral("cancel", task_id, "--reason", "from the cli", "--json", *at(cli)))
     assert reply["taskId"] == task_id
     assert reply["state"] == "TASK_STATE_CANCELED" or reply.get("cancelRequested") is True, reply
     task = cli.wait_state(task_id, timeout_s=5)
@@ -127,48 +204,86 @@ def test_cancel_stops_a_running_sleep_task(cli):
     assert task.attempts[-1].outcome == S.ATTEMPT_OUTCOME_CANCELED
 
     proc = corral("cancel", task_id, *at(cli))  # already terminal
-    assert proc.returncode == 1
-    assert_one_error_line(proc, "error: FAILED_PRECONDITION: ")
+    assert proc.returncode == 3
+    assert_one_error_line(proc, "corral: error: FAILED_PRECONDITION: ")
+
+    waiting = cli.submit("cli-nobody-runs-this")
+    assert ok(corral("cancel", waiting, *at(cli))) == f"Canceled task {waiting}.\n"
 
 
-def test_watch_prints_one_json_line_per_change_ending_with_the_terminal_state(cli):
-    task_id = ok_json(corral("submit", "sleep", '{"seconds": 0.3}', *at(cli)))["taskId"]
-    proc = corral("watch", task_id, *at(cli))
-    assert proc.returncode == 0, proc.stderr
-    lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert lines and all(line["task_id"] == task_id for line in lines)
-    assert lines[-1]["state"] == "TASK_STATE_SUCCEEDED", lines
+def test_watch_of_a_set_ends_when_all_are_terminal_one_line_per_change_when_piped(cli):
+    a = ok(corral("submit", "sleep", '{"seconds": 0.3}', *at(cli))).strip()
+    b = ok(corral("submit", "echo", '{}', *at(cli))).strip()
+    proc = corral("watch", a, b, *at(cli))
+    lines = [line.split("  ") for line in ok(proc).splitlines()]
+    assert {line[1] for line in lines} == {a, b}
+    last = {line[1]: line[3] for line in lines}
+    assert last == {a: "SUCCEEDED", b: "SUCCEEDED"}, proc.stdout
+    assert lines[0][0] == "now", "the first lines are the current states"
+    assert "\x1b[" not in proc.stdout
+    assert proc.stderr.strip() == "corral: 2 tasks: 2 succeeded"
 
 
-def test_submit_wait_of_a_failing_task_exits_3_and_prints_the_failed_task(cli):
-    proc = corral("submit", "fail", '{"message": "cli says no"}', "--max-attempts", "1", "--wait", *at(cli))
-    assert proc.returncode == 3, f"{proc.returncode}: {proc.stdout} {proc.stderr}"
-    task = json.loads(proc.stdout)
-    assert task["state"] == "TASK_STATE_FAILED"
-    assert task["error"]["message"] == "cli says no"
-    assert len(task["attempts"]) == 1
+def test_watch_json_prints_one_event_per_line_and_exits_1_when_one_fails(cli):
+    ok_task = ok(corral("submit", "sleep", '{"seconds": 0.5}', *at(cli))).strip()
+    bad = ok(corral("submit", "fail", '{"message": "watched"}', "--max-attempts", "1", *at(cli))).strip()
+    proc = corral("watch", ok_task, bad, "--json", *at(cli))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == ""
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert {e["taskId"] for e in events} == {ok_task, bad}
+    assert all(set(e) >= {"seq", "time", "taskId", "type", "kind", "state", "attempt", "actorId", "outcome", "reason"}
+               for e in events), "every field printed: the same keys on every line"
+    snapshots = [e for e in events if e["kind"] == "TASK_EVENT_KIND_UNSPECIFIED"]
+    assert {e["taskId"] for e in snapshots} == {ok_task, bad} and all(e["seq"] == "0" for e in snapshots)
+    final = {e["taskId"]: e["state"] for e in events}
+    assert final == {ok_task: "TASK_STATE_SUCCEEDED", bad: "TASK_STATE_FAILED"}
+    seqs = [int(e["seq"]) for e in events if e["taskId"] == ok_task and e["seq"] != "0"]
+    assert seqs == sorted(seqs)
 
 
-def test_submit_of_invalid_json_input_exits_nonzero_without_submitting(cli):
-    proc = corral("submit", "echo", "{not json", "--id", "cli-never", *at(cli))
-    assert proc.returncode != 0
-    assert_one_error_line(proc, "error: input is not JSON")
+def test_watch_of_terminal_tasks_returns_at_once(cli):
+    task_id = ok_json(corral("submit", "echo", "{}", "--wait", "--json", *at(cli)))["taskId"]
+    proc = corral("watch", task_id, *at(cli), timeout_s=15)
+    assert ok(proc).split("  ")[3] == "SUCCEEDED"
+
+
+# ---- user mistakes and refusals: one line, no traceback, the documented exit code ----------------
+
+@pytest.mark.parametrize("argv, exit_code, prefix", [
+    (("submit", "echo", "{not json", "--id", "cli-never"), 2, "corral: error: USAGE: input is not JSON"),
+    (("submit", "echo", "--input-file", "/no/such/input.json"), 2, "corral: error: USAGE: cannot read --input-file"),
+    (("submit", "echo", "{}", "--label", "nokey"), 2, "corral: error: USAGE: --label 'nokey' is not KEY=VALUE"),
+    (("submit",), 2, "corral: error: USAGE: the following arguments are required: type"),
+    (("list", "--state", "bogus"), 2, "corral: error: USAGE: --state 'bogus' is not a task state"),
+    (("get", "x", "--no-such-flag"), 2, "corral: error: USAGE: unrecognized arguments: --no-such-flag"),
+    (("get", "nope"), 3, "corral: error: NOT_FOUND: "),
+    (("watch", "nope", "--json"), 3, "corral: error: NOT_FOUND: "),
+    (("submit", "has space"), 3, "corral: error: INVALID_ARGUMENT: task.type"),
+])
+def test_user_mistakes_give_one_error_line_and_the_documented_exit_code(cli, argv, exit_code, prefix):
+    proc = corral(*argv, *at(cli))
+    assert proc.returncode == exit_code, f"{proc.returncode}: {proc.stdout} {proc.stderr}"
+    assert_one_error_line(proc, prefix)
+
+
+def test_invalid_input_submits_nothing(cli):
+    corral("submit", "echo", "{not json", "--id", "cli-never", *at(cli))
     proc = corral("get", "cli-never", *at(cli))
-    assert proc.returncode == 1 and "NOT_FOUND" in proc.stderr
+    assert proc.returncode == 3 and "NOT_FOUND" in proc.stderr
 
 
-def test_rejected_submission_exits_1_with_invalid_argument_naming_the_field(cli):
-    proc = corral("submit", "has space", *at(cli))
-    assert proc.returncode == 1
-    assert_one_error_line(proc, "error: INVALID_ARGUMENT: task.type")
-
-
-def test_unreachable_coordinator_exits_2(tmp_path):
+def test_unreachable_coordinator_exits_4(tmp_path):
     from .harness import free_port
 
     proc = corral("get", "x", "--coordinator", f"127.0.0.1:{free_port()}", "--timeout-s", "2")
-    assert proc.returncode == 2
-    assert_one_error_line(proc, "error: UNAVAILABLE: ")
+    assert proc.returncode == 4
+    assert_one_error_line(proc, "corral: error: UNAVAILABLE: ")
+
+
+def test_help_documents_the_exit_codes():
+    text = ok(corral("--help"))
+    assert "exit codes:" in text and "corral: error: CODE: message" in text
 
 
 # ---- coordinator configuration -----------------------------------------------------------------
@@ -200,3 +315,47 @@ def test_actor_with_bad_arguments_exits_2_saying_why(tmp_path, args, says):
     assert proc.returncode == 2, f"{proc.returncode}: {proc.stdout} {proc.stderr}"
     assert "Traceback" not in proc.stderr, proc.stderr
     assert says in proc.stderr, proc.stderr
+
+
+# ---- children ------------------------------------------------------------------------------------
+
+def test_watch_children_follows_a_parent_and_its_children_until_all_are_terminal(cluster):
+    from .harness import wait_for
+
+    cluster.start_actor("fan", app="tests.e2e.children_app", slots=8)
+    assert ok(corral("pause", "--reason", "watch first", *at(cluster))).startswith("Dispatch paused")
+    fan_in = '{"n": 3, "child_type": "sleep", "child_input": {"seconds": 0.2}, "wait": true}'
+    parent = ok(corral("submit", "fanout", fan_in, *at(cluster))).strip()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    watcher = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "watch", parent, "--children", "--json",
+                                *at(cluster)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=REPO_ROOT, env={**base, "PYTHONPATH": str(REPO_ROOT)})
+    try:
+        # Subscribed (a stream for the parent's type, one for its children) before anything runs:
+        # the children are discovered from the stream, not from a listing.
+        wait_for(lambda: cluster.admin.GetClusterStatus(admin_service_pb2.GetClusterStatusRequest(),
+                                                        timeout=5).event_subscribers == 2, 20, "the watch streams")
+        assert ok(corral("resume", *at(cluster))) == "Dispatch resumed.\n"
+        stdout, stderr = watcher.communicate(timeout=30)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait(timeout=10)
+    assert watcher.returncode == 0, stderr
+    events = [json.loads(line) for line in stdout.splitlines()]
+    children = ok_json(corral("list", "--parent", parent, "--json", *at(cluster)))["tasks"]
+    assert len(children) == 3 and all(c["parentTaskId"] == parent for c in children)
+    child_ids = {c["taskId"] for c in children}
+    final = {e["taskId"]: e["state"] for e in events}
+    assert final == {parent: "TASK_STATE_SUCCEEDED", **{c: "TASK_STATE_SUCCEEDED" for c in child_ids}}
+    kinds = [(e["taskId"], e["kind"]) for e in events]
+    assert kinds[0] == (parent, "TASK_EVENT_KIND_UNSPECIFIED")
+    assert {t for t, kind in kinds if kind == "TASK_EVENT_KIND_SUBMITTED"} == child_ids
+    assert [e["state"] for e in events if e["taskId"] == parent] == [
+        "TASK_STATE_READY", "TASK_STATE_RUNNING", "TASK_STATE_SUCCEEDED"]
+
+    # Piped human output of a finished tree: the current states, then the summary.
+    proc = corral("watch", parent, "--children", *at(cluster))
+    assert len(ok(proc).splitlines()) == 4 and proc.stderr.strip() == "corral: 4 tasks: 4 succeeded"
+    table = ok(corral("list", "--parent", parent, *at(cluster)))
+    assert {row.split()[0] for row in table.splitlines()[2:]} == child_ids

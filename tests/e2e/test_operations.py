@@ -62,7 +62,7 @@ def test_pause_holds_new_leases_while_attempts_in_flight_finish_then_resume_runs
 def test_pause_is_durable_across_a_coordinator_restart(make_cluster):
     cluster = make_cluster()
     cluster.start_coordinator()
-    ok_json(corral("pause", "--reason", "until the migration is done", *at(cluster)))
+    ok_json(corral("pause", "--reason", "until the migration is done", "--json", *at(cluster)))
     cluster.kill(cluster.coordinator, signal.SIGTERM)
     assert cluster.coordinator.returncode == 0
     [record] = [r for r in read_wal(cluster.data_dir) if r.WhichOneof("event") == "dispatch_paused"]
@@ -76,10 +76,10 @@ def test_pause_is_durable_across_a_coordinator_restart(make_cluster):
     # A READY task and a free actor share the step of the actor's hello: only the pause holds it.
     assert cluster.get(task_id).state == READY
 
-    resumed = ok_json(corral("resume", *at(cluster)))
+    resumed = ok_json(corral("resume", "--json", *at(cluster)))
     assert resumed == {"changed": True, "draining": False}
     assert cluster.wait_state(task_id, timeout_s=20).state == SUCCEEDED
-    assert ok_json(corral("resume", *at(cluster))) == {"changed": False, "draining": False}
+    assert ok_json(corral("resume", "--json", *at(cluster))) == {"changed": False, "draining": False}
 
 
 def test_drain_refuses_submissions_reports_running_attempts_and_grants_nothing(cluster):
@@ -88,7 +88,7 @@ def test_drain_refuses_submissions_reports_running_attempts_and_grants_nothing(c
     cluster.wait_state(in_flight, (RUNNING,), timeout_s=10)
     queued = cluster.submit("echo", {"queued": True})  # READY: the only slot is taken
 
-    drained = ok_json(corral("drain", "--reason", "upgrade", *at(cluster)))
+    drained = ok_json(corral("drain", "--reason", "upgrade", "--json", *at(cluster)))
     assert drained == {"changed": True, "runningAttempts": "1"}
     err = refused(lambda: cluster.submit("echo", {"late": True}))
     assert err.code() == grpc.StatusCode.UNAVAILABLE and "draining (upgrade)" in err.details()
@@ -111,7 +111,7 @@ def test_drain_wait_returns_when_nothing_runs(cluster):
     cluster.start_actor("worker", slots=1)
     in_flight = cluster.submit("sleep", {"seconds": 1})
     cluster.wait_state(in_flight, (RUNNING,), timeout_s=10)
-    final = ok_json(corral("drain", "--wait", *at(cluster)))
+    final = ok_json(corral("drain", "--wait", "--json", *at(cluster)))
     assert final["draining"] is True
     assert cluster.get(in_flight).state == SUCCEEDED
 
@@ -176,7 +176,7 @@ def test_sigterm_drain_gives_up_after_its_grace_and_the_attempt_is_adopted_after
 
 def test_cli_events_prints_one_json_line_per_event(cluster):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
-    proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "events", "--type", "echo", "--label", "k=v",
+    proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "events", "--type", "echo", "--label", "k=v", "--json",
                              *at(cluster)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**env, "PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT)
     try:
