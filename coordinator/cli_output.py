@@ -15,7 +15,7 @@ import json
 import os
 import sys
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import grpc
 from google.protobuf import json_format
@@ -351,9 +351,7 @@ def dispatch_line(status: admin_service_pb2.GetClusterStatusResponse) -> Text:
     return Text("running", style="green")
 
 
-def status_view(status: admin_service_pb2.GetClusterStatusResponse, now_ms: int,
-                queued_by_type: Mapping[str, Mapping[int, int]] | None = None,
-                queued_scan_complete: bool = True) -> RenderableType:
+def status_view(status: admin_service_pb2.GetClusterStatusResponse, now_ms: int) -> RenderableType:
     """`corral status`: dispatch state, actors (slots used/total), tasks by state, queue per type."""
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
@@ -390,33 +388,20 @@ def status_view(status: admin_service_pb2.GetClusterStatusResponse, now_ms: int,
     states.add_row(Text("total", style="bold"), str(sum(c.count for c in counts)))
     parts += [Text(""), states]
 
-    if queued_by_type is not None:
-        parts += [Text(""), queue_table(queued_by_type, queued_scan_complete)]
+    parts += [Text(""), queue_table(status.queue_depths)]
     return Group(*parts)
 
 
-def queue_table(queued_by_type: Mapping[str, Mapping[int, int]], complete: bool) -> RenderableType:
-    """Waiting tasks per type and state (READY, SCHEDULED, RETRY_WAIT, WAITING_FOR_DEPENDENCIES)."""
-    title = "Queued tasks by type" + ("" if complete else " (partial: the first tasks scanned only)")
-    if not queued_by_type:
-        return Text("No queued task.")
-    table = plain_table(title)
+def queue_table(depths) -> RenderableType:
+    """READY tasks waiting for a slot, per type (GetClusterStatus.queue_depths, exact)."""
+    if not depths:
+        return Text("No task waiting for a slot.")
+    table = plain_table("Ready queue by type (waiting for an actor slot)")
     table.add_column("TYPE")
-    for state in QUEUED:
-        table.add_column(state_name(state), justify="right")
-    table.add_column("TOTAL", justify="right")
-    for task_type in sorted(queued_by_type, key=lambda t: (-sum(queued_by_type[t].values()), t)):
-        row = queued_by_type[task_type]
-        table.add_row(task_type, *(str(row.get(s, 0)) for s in QUEUED), str(sum(row.values())))
+    table.add_column("READY", justify="right")
+    for depth in depths:
+        table.add_row(depth.task_type, str(depth.ready))
     return table
-
-
-def count_queued(tasks: Iterable[task_pb2.Task]) -> dict[str, dict[int, int]]:
-    out: dict[str, dict[int, int]] = {}
-    for task in tasks:
-        row = out.setdefault(task.spec.type, {})
-        row[task.state] = row.get(task.state, 0) + 1
-    return out
 
 
 # ---- operations ----------------------------------------------------------------------------------

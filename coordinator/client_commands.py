@@ -127,8 +127,6 @@ def add_client_commands(sub: argparse._SubParsersAction, epilog: str = "") -> No
     p.set_defaults(run=cmd_list)
 
     p = common(sub.add_parser("status", help="cluster status: dispatch, actors and slots, tasks by state, queues"))
-    p.add_argument("--scan-limit", type=int, default=10_000,
-                   help="queued tasks read to count the queue per type (0: skip; not with --json)")
     p.set_defaults(run=cmd_status)
     add_operation_commands(sub, common)
 
@@ -282,32 +280,8 @@ def cmd_status(args, channel, printer: Printer) -> int:
     if printer.as_json:
         printer.json(status)
         return out.EXIT_OK
-    queued, complete = None, True
-    if args.scan_limit > 0:
-        try:
-            queued, complete = _scan_queue(channel, args.scan_limit, args.timeout_s)
-        except grpc.RpcError as exc:
-            if exc.code() not in out.AUTH:
-                raise
-            # An admin-only token may read the status but not list tasks (submitter role).
-            printer.note(f"corral: queue per type not shown: {exc.code().name}: {exc.details()}")
-    printer.show(out.status_view(status, now_ms(), queued, complete))
+    printer.show(out.status_view(status, now_ms()))
     return out.EXIT_OK
-
-
-def _scan_queue(channel, limit: int, timeout_s: float) -> tuple[dict[str, dict[int, int]], bool]:
-    """Waiting tasks per type and state, from at most `limit` of them; and whether that was all."""
-    tasks = task_service_pb2_grpc.TaskServiceStub(channel)
-    scanned: list[task_pb2.Task] = []
-    token = ""
-    while len(scanned) < limit:
-        resp = tasks.ListTasks(task_service_pb2.ListTasksRequest(
-            states=out.QUEUED, page_token=token, page_size=min(1000, limit - len(scanned))), timeout=timeout_s)
-        scanned.extend(resp.tasks)
-        token = resp.next_page_token
-        if not token:
-            break
-    return out.count_queued(scanned), not token
 
 
 def cmd_watch(args, channel, printer: Printer) -> int:

@@ -31,7 +31,7 @@ Invariants:
   (tasks, ListTasks index, idempotency keys, dependency edges, child keys, state counts).
   `expiry` (finished task ids in the order they finished; lazily cleaned) is derived state for
   finding them.
-- `by_ordinal` (ordinal -> task, sorted) is the ListTasks index: a page costs O(log n + page).
+- `by_ordinal` (core/ordinal_index.py) is the ListTasks index: a page costs O(log n + page).
 - A ready queue whose live entries are all gone is dropped (`ready_live` counts them per key), so
   client-chosen (type, capabilities) keys do not accumulate.
 - Snapshots (core/snapshot.py): `unsaved_finished` / `forgotten_ordinals` (None unless a
@@ -45,13 +45,12 @@ import heapq
 from collections import deque
 from typing import Iterable
 
-from sortedcontainers import SortedDict
-
 from corral.v1 import task_pb2, wal_pb2
 
 from .concurrency import ConcurrencyIndex
 from .durations import to_ms
 from .model import AttemptRecord, TaskRecord
+from .ordinal_index import OrdinalIndex
 from .schedule_book import BadScheduleRecord, ScheduleBook
 from .states import (READY, SUCCEEDED, TERMINAL_STATES, WAITING, WAITING_FOR_CHILDREN, State, check_transition,
                      is_terminal)
@@ -79,7 +78,7 @@ class Projection:
         self.priority_aging_ms = priority_aging_ms
         self.tasks: dict[str, TaskRecord] = {}
         # ListTasks index: ordinal -> task (sorted), so a page seeks in O(log n).
-        self.by_ordinal: SortedDict = SortedDict()
+        self.by_ordinal = OrdinalIndex()
         self.idempotency: dict[str, str] = {}
         self.ready_queues: dict[QueueKey, list[tuple[int, int, str]]] = {}
         # Live (not stale) entries per ready queue: an empty queue's key is dropped.
@@ -163,16 +162,24 @@ class Projection:
         counts[state] += 1
         task.state = state
         task.updated_ms = now_ms
-        if task.parent_id and state in _TERMINAL_INTS:
-            self._child_ended(task, state)
         if task.concurrency_key:
             # Keyed tasks: READY ones wait in their key's heap until it has room.
             self.concurrency.transition(task, previous, state, now_ms)
         elif state == READY:
             self.push_ready(task, self.ready_entry(task, now_ms))
-        elif previous == READY:
-            self.left_ready_queue(task)
-        if state in TERMINAL_STATES:
+        elif previous == READY:  # left_ready_queue, inlined: once per grant
+            self.ready_count -= 1
+            queue_key = task.queue_key
+            ready_live = self.ready_live
+            live = ready_live[queue_key] - 1
+            if live:
+                ready_live[queue_key] = live
+            else:
+                del ready_live[queue_key]
+                del self.ready_queues[queue_key]
+        if state in _TERMINAL_INTS:
+            if task.parent_id:
+                self._child_ended(task, state)
             if self.expiry is not None:
                 self.expiry.append(task.task_id)
             if self.unsaved_finished is not None:
@@ -220,6 +227,14 @@ class Projection:
             del self.ready_live[queue_key]
             del self.ready_queues[queue_key]
 
+    def ready_by_type(self) -> dict[str, int]:
+        """READY tasks in the ready queues (admitted, waiting for a slot), by task type: exact,
+        from the live-entry counts, in O(number of queues)."""
+        depths: dict[str, int] = {}
+        for (task_type, _caps), live in self.ready_live.items():
+            depths[task_type] = depths.get(task_type, 0) + live
+        return depths
+
     def _add_timer(self, due_ms: int, kind: int, task_id: str, attempt: int) -> None:
         self._timer_order += 1
         heapq.heappush(self.timers, (due_ms, self._timer_order, kind, task_id, attempt))
@@ -253,7 +268,7 @@ class Projection:
         self.submitted_count += 1
         task.ordinal = self.submitted_count
         self.tasks[ev.task_id] = task
-        self.by_ordinal[task.ordinal] = task
+        self.by_ordinal.add(task)
         self.state_counts[State.SCHEDULED] += 1
         if spec.idempotency_key:
             self.idempotency[spec.idempotency_key] = ev.task_id
@@ -434,7 +449,7 @@ class Projection:
         """Remove a finished task from every index (retention; see core/retention.py)."""
         task_id = task.task_id
         del self.tasks[task_id]
-        del self.by_ordinal[task.ordinal]
+        self.by_ordinal.remove(task.ordinal)
         self.state_counts[task.state] -= 1
         key = task.spec.idempotency_key
         if key and self.idempotency.get(key) == task_id:

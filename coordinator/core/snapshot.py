@@ -207,17 +207,15 @@ def load(projection: Projection, head: snapshot_pb2.SnapshotHead, finished: Iter
     tasks = projection.tasks
     idempotency = projection.idempotency
     counts = projection.state_counts
-    by_ordinal = {}
     for task in everything:
         if task.task_id in tasks:
             raise SnapshotMismatch(f"snapshot {head.seq}: task {task.task_id!r} appears twice")
         tasks[task.task_id] = task
-        by_ordinal[task.ordinal] = task
         counts[task.state] += 1
         key = task.spec.idempotency_key
         if key:
             idempotency[key] = task.task_id
-    projection.by_ordinal.update(by_ordinal)
+    projection.by_ordinal.load(everything)
     child_keys = projection.child_keys
     for task in everything:  # children whose parent is still known (both are, or neither key is)
         if task.parent_id and task.parent_id in tasks:

@@ -546,8 +546,7 @@ class DispatchLoop:
             candidates = [tasks[c] for c in parent.children if c in tasks and tasks[c].ordinal > cmd.after_ordinal]
         else:
             # The ordinal index: seek in O(log n), then walk in submission order.
-            by_ordinal = self.projection.by_ordinal
-            candidates = (by_ordinal[o] for o in by_ordinal.irange(minimum=cmd.after_ordinal, inclusive=(False, True)))
+            candidates = self.projection.by_ordinal.after(cmd.after_ordinal)
         for task in candidates:
             if states and task.state not in states:
                 continue
@@ -618,6 +617,8 @@ class DispatchLoop:
             resp.tasks_by_state.add(state=state, count=self.projection.state_counts.get(state, 0))
         for actor in self.fleet.actors.values():
             resp.actors.append(actor_status(actor))
+        for task_type, ready in sorted(self.projection.ready_by_type().items(), key=lambda kv: (-kv[1], kv[0])):
+            resp.queue_depths.add(task_type=task_type, ready=ready)
         resp.wal.last_seq = self.wal.last_seq
         resp.wal.commits = self.wal.commits
         operations.fill_status(self, resp)

@@ -40,15 +40,12 @@ from corral_telemetry.prometheus import (COMMIT_BUCKETS_S, DURATION_BUCKETS_S, L
                                          SIZE_BUCKETS, BucketCounts, MsBucketCounts, histogram_family,
                                          outcome_counter_family)
 
-from ..core.states import READY, State
+from ..core.states import State
 
 if TYPE_CHECKING:
     from ..dispatch.loop import DispatchLoop
 
 STATE_LABELS = {int(s): s.name.lower() for s in State}
-# Beyond this many ready-queue entries, the split of the (exact) READY total by task type is
-# estimated from the queue lengths instead of checked entry by entry (see queue_depths).
-EXACT_QUEUE_SCAN_MAX = 200_000
 
 
 class TypeStats:
@@ -122,35 +119,8 @@ class LoopMetrics:
 
 
 def queue_depths(projection: Any) -> dict[str, int]:
-    """READY tasks in the ready queues, by task type.
-
-    The ready queues are heaps with lazy deletion (an entry stays until it reaches the head after
-    its task was granted or canceled), so their lengths over-count. When they add up to the exact
-    READY count they are exact; otherwise each entry is checked against its task, unless there
-    are more than EXACT_QUEUE_SCAN_MAX entries: then the exact total is split in proportion to the
-    queue lengths."""
-    queues = list(projection.ready_queues.items())
-    ready = projection.ready_count
-    depths: dict[str, int] = {}
-    total = 0
-    for (task_type, _caps), heap in queues:
-        n = len(heap)
-        total += n
-        depths[task_type] = depths.get(task_type, 0) + n
-    if total == ready:
-        return depths
-    if total > EXACT_QUEUE_SCAN_MAX:
-        return {t: round(n * ready / total) for t, n in depths.items()} if total else depths
-    tasks = projection.tasks
-    depths = {}
-    for (task_type, _caps), heap in queues:
-        n = 0
-        for _sort_key, order, task_id in list(heap):
-            task = tasks.get(task_id)
-            if task is not None and task.state == READY and task.ready_order == order:
-                n += 1
-        depths[task_type] = depths.get(task_type, 0) + n
-    return depths
+    """READY tasks in the ready queues, by task type (exact: Projection.ready_by_type)."""
+    return projection.ready_by_type()
 
 
 class CoordinatorCollector:

@@ -442,15 +442,21 @@ def test_ms_buckets_agree_with_the_plain_ones():
     assert fast.snapshot()[0] == plain.snapshot()[0] and fast.snapshot()[1] == pytest.approx(plain.snapshot()[1])
 
 
-def test_queue_depths_ignore_stale_entries_of_the_lazy_heaps():
-    tasks = {"r1": Task("echo", [], state=2, ready_order=1), "r2": Task("echo", [], state=2, ready_order=5),
-             "gone": Task("echo", [], state=3, ready_order=2), "g1": Task("gpu", [], state=2, ready_order=3)}
-    # "gone" was granted (RUNNING); r2 became READY again (order 5), leaving its order-4 entry behind.
-    queues = {("echo", frozenset()): [(0, 1, "r1"), (0, 2, "gone"), (0, 4, "r2"), (0, 5, "r2")],
-              ("gpu", frozenset({"cuda"})): [(0, 3, "g1")]}
-    assert queue_depths(FakeProjection(tasks, queues, ready_count=3)) == {"echo": 2, "gpu": 1}
-    # Lengths that add up to the READY count are taken as they are (the common case: no scan).
-    assert queue_depths(FakeProjection(tasks, {("echo", frozenset()): [(0, 1, "r1")]}, ready_count=1)) == {"echo": 1}
+def test_queue_depths_are_exact_despite_stale_entries_of_the_lazy_heaps():
+    from corral.v1 import task_pb2 as O
+
+    from .core_fixtures import Sim
+
+    sim = Sim()
+    for task_id, task_type in (("r1", "echo"), ("r2", "echo"), ("gone", "echo"), ("g1", "gpu")):
+        sim.submit(task_id, type=task_type)
+    sim.grant_to("gone", ("a1", "i1"))   # RUNNING: its entry in the echo heap is stale now
+    sim.grant_to("r2", ("a1", "i1"))
+    sim.report("r2", O.ATTEMPT_OUTCOME_HANDED_BACK)  # READY again: a second entry, the first stale
+    assert len(sim.projection.ready_queues[("echo", frozenset())]) == 4
+    assert queue_depths(sim.projection) == {"echo": 2, "gpu": 1}
+    sim.grant_to("g1", ("a1", "i1"))  # the gpu queue has no live entry left: dropped
+    assert queue_depths(sim.projection) == {"echo": 2}
 
 
 # ---- settings -------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ class WalPosition(_message.Message):
     def __init__(self, last_seq: _Optional[int] = ..., commits: _Optional[int] = ...) -> None: ...
 
 class GetClusterStatusResponse(_message.Message):
-    __slots__ = ("coordinator_id", "tasks_by_state", "actors", "wal", "highest_fencing_token", "paused", "pause_reason", "draining", "drain_reason", "event_subscribers")
+    __slots__ = ("coordinator_id", "tasks_by_state", "actors", "wal", "highest_fencing_token", "paused", "pause_reason", "draining", "drain_reason", "event_subscribers", "queue_depths")
     COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
     TASKS_BY_STATE_FIELD_NUMBER: _ClassVar[int]
     ACTORS_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class GetClusterStatusResponse(_message.Message):
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     DRAIN_REASON_FIELD_NUMBER: _ClassVar[int]
     EVENT_SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTHS_FIELD_NUMBER: _ClassVar[int]
     coordinator_id: str
     tasks_by_state: _containers.RepeatedCompositeFieldContainer[StateCount]
     actors: _containers.RepeatedCompositeFieldContainer[ActorStatus]
@@ -68,7 +69,16 @@ class GetClusterStatusResponse(_message.Message):
     draining: bool
     drain_reason: str
     event_subscribers: int
-    def __init__(self, coordinator_id: _Optional[str] = ..., tasks_by_state: _Optional[_Iterable[_Union[StateCount, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorStatus, _Mapping]]] = ..., wal: _Optional[_Union[WalPosition, _Mapping]] = ..., highest_fencing_token: _Optional[int] = ..., paused: _Optional[bool] = ..., pause_reason: _Optional[str] = ..., draining: _Optional[bool] = ..., drain_reason: _Optional[str] = ..., event_subscribers: _Optional[int] = ...) -> None: ...
+    queue_depths: _containers.RepeatedCompositeFieldContainer[QueueDepth]
+    def __init__(self, coordinator_id: _Optional[str] = ..., tasks_by_state: _Optional[_Iterable[_Union[StateCount, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorStatus, _Mapping]]] = ..., wal: _Optional[_Union[WalPosition, _Mapping]] = ..., highest_fencing_token: _Optional[int] = ..., paused: _Optional[bool] = ..., pause_reason: _Optional[str] = ..., draining: _Optional[bool] = ..., drain_reason: _Optional[str] = ..., event_subscribers: _Optional[int] = ..., queue_depths: _Optional[_Iterable[_Union[QueueDepth, _Mapping]]] = ...) -> None: ...
+
+class QueueDepth(_message.Message):
+    __slots__ = ("task_type", "ready")
+    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    task_type: str
+    ready: int
+    def __init__(self, task_type: _Optional[str] = ..., ready: _Optional[int] = ...) -> None: ...
 
 class ListActorsRequest(_message.Message):
     __slots__ = ()
