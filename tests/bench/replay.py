@@ -9,7 +9,7 @@ commits them), then measures
 Both go through start-up's `restore` (garbage collector off) and must give the same fingerprint.
 Single-threaded; run it with `nice`.
 
-    python -m tests.bench.replay [--records 1000000] [--tail 10000] [--dir DIR]
+    python -m tests.bench.replay [--records 1000000] [--tail 10000] [--retained 1.0] [--dir DIR]
 """
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ T0 = 1_700_000_000_000
 
 
 class Writer:
-    def __init__(self, wal: WriteAheadLog) -> None:
+    def __init__(self, wal: WriteAheadLog, retained: float = 1.0) -> None:
         self.wal = wal
+        self.retained = retained  # share of the tasks kept; the others are forgotten (retention)
         self.n = 0
         self.token = 0
         self.now = T0
@@ -77,6 +78,10 @@ class Writer:
                 output=output, next_state=task_pb2.TASK_STATE_SUCCEEDED)))
         self.wal.append_batch(records, self.now)
         self.now += 5
+        if self.retained < 1.0:  # retention forgets most of them (one TasksForgotten per batch)
+            keep = int(len(ids) * self.retained)
+            self.wal.append_batch([wal_pb2.WalRecord(tasks_forgotten=wal_pb2.TasksForgotten(
+                task_ids=ids[keep:]))], self.now)
 
     def records(self, count: int) -> None:
         while count > 0:
@@ -94,12 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--tail", type=int, default=10_000)
     parser.add_argument("--dir", default="")
+    parser.add_argument("--retained", type=float, default=1.0,
+                        help="share of the tasks still retained (the rest forgotten by retention), e.g. 0.1")
     args = parser.parse_args(argv)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"machine: {platform.machine()}, {os.cpu_count()} vCPU, {cpu}; Python {platform.python_version()}")
     with tempfile.TemporaryDirectory(prefix="corral-replay-", dir=args.dir or None) as tmp:
         wal = WriteAheadLog(tmp, sync=False)
-        writer = Writer(wal)
+        writer = Writer(wal, args.retained)
         started = time.perf_counter()
         writer.records(args.records)
         print(f"built {wal.last_seq} WAL records ({writer.n} tasks) in {time.perf_counter() - started:.1f} s; "
