@@ -25,8 +25,8 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import time
 from bisect import bisect_left
+from time import monotonic, time_ns
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,7 @@ from corral_telemetry.logs import TASK_CONTEXT, check_log_format, trace_id_of, u
 from corral_telemetry.prometheus import (DURATION_BUCKETS_S, OUTCOME_LABELS, BucketCounts, histogram_family,
                                          outcome_counter_family)
 from corral_telemetry.tracing import (CURRENT_SPAN_KEY, RecordedSpan, Tracing, attach_context, configure_tracing,
-                                      detach_context, span_context_from_carrier)
+                                      detach_context)
 
 if TYPE_CHECKING:
     from actor.attempt_runner import AttemptRunner
@@ -74,8 +74,8 @@ class ActorTelemetry:
         self.spans = tracing.recorder(ATTEMPT_SPAN, SpanKind.CONSUMER) if tracing is not None else None
         self.metrics = metrics
         self.task_logs = task_logs
-        # Attempts started and not done: runner -> (its span or None, monotonic start or 0.0).
-        self._open: dict[Any, tuple[RecordedSpan | None, float]] = {}
+        # Attempts started and not done: runner -> its span (tracing on), else its monotonic start.
+        self._open: dict[Any, RecordedSpan | float] = {}
         self._last_trace_id: tuple[int, str] = (0, "")
         # task type -> attempts finished by outcome, handler durations.
         self.by_type: dict[str, _TypeStats] = {}
@@ -91,17 +91,17 @@ class ActorTelemetry:
         span = None
         spans = self.spans
         if spans is not None:
-            carrier = runner.lease.trace_context
-            span = spans.start(span_context_from_carrier(carrier) if carrier else None)
+            span = spans.start_from_carrier(runner.lease.trace_context)
             # Current while the handler runs (= attach(spans.context_of(span))): its spans nest
             # here, and child tasks (a later issue) inherit it by injecting carrier_of() into their
             # TaskSpec.trace_context.
             token = attach_context(OtelContext({CURRENT_SPAN_KEY: span}))
+            self._open[runner] = span
+        elif self.metrics:
+            self._open[runner] = monotonic()
         if self.task_logs:
             key = runner.key
             task_token = TASK_CONTEXT.set((key[0], key[1], self._trace_id(runner, span)))
-        if span is not None or self.metrics:
-            self._open[runner] = (span, time.monotonic() if self.metrics else 0.0)
         try:
             runner.start()  # an async handler's task copies this context; sync ones get a copy too
         finally:
@@ -127,37 +127,50 @@ class ActorTelemetry:
         opened = self._open.pop(runner, None)
         if opened is None:  # neither metrics nor tracing
             return
-        span, started = opened
         outcome = result.outcome
         task_type = runner.lease.task_type
+        if self.spans is None:
+            span = None
+            end_ns = 0
+            seconds = monotonic() - opened
+        else:
+            span = opened
+            end_ns = time_ns()
+            # With tracing, the handler's duration is its span's (one clock read for both).
+            seconds = (end_ns - span._start_time) / 1e9
         if self.metrics:
-            stats = self.by_type.get(task_type)
-            if stats is None:
-                stats = self.by_type[task_type] = _TypeStats()
-            if 0 <= outcome < len(stats.outcomes):
+            stats = self.by_type.get(task_type) or self._new_type(task_type)
+            try:
                 stats.outcomes[outcome] += 1
+            except IndexError:  # an outcome newer than this code: not counted
+                pass
+            if seconds < 0.0:  # the wall clock stepped back
+                seconds = 0.0
             h = stats.duration
-            seconds = time.monotonic() - started
-            h.counts[bisect_left(h.bounds, seconds)] += 1  # BucketCounts.observe, inlined
+            h.counts[bisect_left(DURATION_BUCKETS_S, seconds)] += 1  # BucketCounts.observe, inlined
             h.sum += seconds
         if span is not None and span.recording:
             key = runner.key  # (task id, attempt, fencing token)
             attributes = {"corral.task.id": key[0], "corral.task.type": task_type, "corral.attempt": key[1],
-                          "corral.fencing_token": key[2], "corral.outcome": OUTCOME_LABELS.get(outcome, str(outcome))}
+                          "corral.fencing_token": key[2], "corral.outcome": OUTCOME_LABELS.get(outcome) or str(outcome)}
             if dropped:
                 attributes["corral.result_dropped"] = True
             status = None
             if outcome in ERROR_OUTCOMES:
                 error = result.error
                 status = Status(StatusCode.ERROR, f"{error.kind}: {error.message}"[:1024])
-            self.spans.end(span, attributes, status)
+            self.spans.end(span, attributes, status, end_ns)
+
+    def _new_type(self, task_type: str) -> _TypeStats:
+        stats = self.by_type[task_type] = _TypeStats()
+        return stats
 
     def close(self) -> None:
         """End spans of attempts that never finished (the actor stopped), flush the exporters,
         stop the metrics server."""
         opened, self._open = self._open, {}
-        for runner, (span, _started) in opened.items():
-            if span is not None:
+        for runner, span in opened.items():
+            if isinstance(span, RecordedSpan):
                 key = runner.key
                 self.spans.end(span, {"corral.task.id": key[0], "corral.attempt": key[1],
                                       "corral.fencing_token": key[2], "corral.result_dropped": True},

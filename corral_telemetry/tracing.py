@@ -297,9 +297,10 @@ class SpanRecorder:
         # The SDK's default id generator is random.getrandbits(64) (non-zero): called directly.
         self.random_ids = type(self.ids) is RandomIdGenerator
         self._last_parent: tuple = (None,)
+        self._last_carrier: tuple = (None,)
         # Ending a span: one queue append when the only processor is a SpanBatcher (what
         # configure_tracing sets up for one exporter); otherwise each processor's on_end().
-        self._batcher = self.processors[0] if len(self.processors) == 1 and isinstance(
+        self.batcher = self.processors[0] if len(self.processors) == 1 and isinstance(
             self.processors[0], SpanBatcher) else None
 
     def start(self, parent: trace.SpanContext | None) -> RecordedSpan:
@@ -326,6 +327,24 @@ class SpanRecorder:
                                     trace_state=result.trace_state)
         return self.span_class(context, parent, time_ns(), result.decision.is_recording())
 
+    def start_from_carrier(self, carrier: Mapping[str, str]) -> RecordedSpan:
+        """``start(span_context_from_carrier(carrier))``, with the common case in one step: the
+        tasks of one submission share their traceparent, so the last one's parsing and sampling
+        decision are reused when the carrier holds the same traceparent (and nothing else)."""
+        traceparent = carrier.get("traceparent")
+        last = self._last_carrier
+        if traceparent == last[0] and traceparent is not None and len(carrier) == 1:
+            span_id = (getrandbits(64) or _random_span_id()) if self.random_ids else self.ids.generate_span_id()
+            return self.span_class(_new_tuple(_SpanContext, (last[1], span_id, False, last[2], last[3], True)),
+                                   last[4], time_ns(), last[5])
+        parent = span_context_from_carrier(carrier)
+        span = self.start(parent)
+        if parent is not None and parent.is_remote and self.follows_remote_parent and len(carrier) == 1:
+            context = span.context
+            self._last_carrier = (traceparent, context.trace_id, context.trace_flags, context.trace_state, parent,
+                                  span.recording)
+        return span
+
     @staticmethod
     def context_of(span: RecordedSpan, parent: otel_context.Context | None = None) -> otel_context.Context:
         """A context holding the span (added to ``parent``; by default to an empty context, not
@@ -334,14 +353,15 @@ class SpanRecorder:
             return otel_context.Context({CURRENT_SPAN_KEY: span})  # = set_span_in_context(span, Context())
         return trace.set_span_in_context(span, parent)
 
-    def end(self, span: RecordedSpan, attributes: Mapping[str, Any], status: Any = None) -> None:
+    def end(self, span: RecordedSpan, attributes: Mapping[str, Any], status: Any = None, end_ns: int = 0) -> None:
+        """End ``span`` now (or at ``end_ns``, ns since the epoch) with ``attributes`` and ``status``."""
         if not span.recording:
             return
-        span._end_time = time_ns()
+        span._end_time = end_ns or time_ns()
         span._attributes = attributes
         if status is not None:
             span._status = status
-        batcher = self._batcher
+        batcher = self.batcher
         if batcher is not None:
             queue = batcher.queue  # SpanBatcher.add, inlined
             queue.append(span)
