@@ -16,7 +16,13 @@ default) pays one None check per attempt.
   ``TaskSpec.trace_context``, which the coordinator keeps because it is not empty.
 - Metrics (``--metrics-listen`` / ``CORRAL_METRICS_LISTEN``): counters the session keeps anyway
   are read at scrape time; per attempt only an outcome count and a duration observation are
-  added (plain ints, no lock).
+  added (plain ints, no lock). With tracing on, the duration is the attempt span's (its start and
+  end timestamps: one clock read serves both), otherwise from the monotonic clock.
+
+Per attempt with tracing on: one ``RecordedSpan`` (the handler's current span, then the exported
+span), one OpenTelemetry context set on its ContextVar around ``runner.start()``, one dict entry
+(runner -> span) while it runs, and at the end the attributes and one queue append
+(``SpanBatcher``). Measure with ``python -m tests.bench.instructions --side actor``.
 - Logs (``--log-format json``): the handler runs with ``TASK_CONTEXT`` set, so its own log
   lines carry task_id, attempt and trace_id.
 """
