@@ -16,7 +16,13 @@ default) pays one None check per attempt.
   ``TaskSpec.trace_context``, which the coordinator keeps because it is not empty.
 - Metrics (``--metrics-listen`` / ``CORRAL_METRICS_LISTEN``): counters the session keeps anyway
   are read at scrape time; per attempt only an outcome count and a duration observation are
-  added (plain ints, no lock).
+  added (plain ints, no lock). With tracing on, the duration is the attempt span's (its start and
+  end timestamps: one clock read serves both), otherwise from the monotonic clock.
+
+Per attempt with tracing on: one ``RecordedSpan`` (the handler's current span, then the exported
+span), one OpenTelemetry context set on its ContextVar around ``runner.start()``, one dict entry
+(runner -> span) while it runs, and at the end the attributes and one queue append
+(``SpanBatcher``). Measure with ``python -m tests.bench.instructions --side actor``.
 - Logs (``--log-format json``): the handler runs with ``TASK_CONTEXT`` set, so its own log
   lines carry task_id, attempt and trace_id.
 """
@@ -25,19 +31,20 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import time
 from bisect import bisect_left
+from time import monotonic, time_ns
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import context as otel_context
+from opentelemetry.context import Context as OtelContext
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from corral.v1 import task_pb2
 from corral_telemetry.logs import TASK_CONTEXT, check_log_format, trace_id_of, use_json_logs
 from corral_telemetry.prometheus import (DURATION_BUCKETS_S, OUTCOME_LABELS, BucketCounts, histogram_family,
                                          outcome_counter_family)
-from corral_telemetry.tracing import RecordedSpan, Tracing, configure_tracing, span_context_from_carrier
+from corral_telemetry.tracing import (CURRENT_SPAN_KEY, RecordedSpan, Tracing, attach_context, configure_tracing,
+                                      detach_context)
 
 if TYPE_CHECKING:
     from actor.attempt_runner import AttemptRunner
@@ -73,8 +80,9 @@ class ActorTelemetry:
         self.spans = tracing.recorder(ATTEMPT_SPAN, SpanKind.CONSUMER) if tracing is not None else None
         self.metrics = metrics
         self.task_logs = task_logs
-        self._spans: dict[Any, RecordedSpan] = {}
-        self._started: dict[Any, float] = {}
+        # Attempts started and not done: runner -> its span (tracing on), else its monotonic start.
+        self._open: dict[Any, RecordedSpan | float] = {}
+        self._last_trace_id: tuple[int, str] = (0, "")
         # task type -> attempts finished by outcome, handler durations.
         self.by_type: dict[str, _TypeStats] = {}
         self.metrics_server: Any = None
@@ -86,70 +94,93 @@ class ActorTelemetry:
         """Start ``runner`` inside its attempt span (and task log context)."""
         token = None
         task_token = None
-        spans = self.spans
         span = None
+        spans = self.spans
         if spans is not None:
-            carrier = runner.lease.trace_context
-            span = spans.start(span_context_from_carrier(carrier) if carrier else None)
-            self._spans[runner.key] = span
-            # Current while the handler runs: its spans nest here, and child tasks (a later issue)
-            # inherit it by injecting carrier_of() into their TaskSpec.trace_context.
-            token = otel_context.attach(spans.context_of(span))
+            span = spans.start_from_carrier(runner.lease.trace_context)
+            # Current while the handler runs (= attach(spans.context_of(span))): its spans nest
+            # here, and child tasks (a later issue) inherit it by injecting carrier_of() into their
+            # TaskSpec.trace_context.
+            token = attach_context(OtelContext({CURRENT_SPAN_KEY: span}))
+            self._open[runner] = span
+        elif self.metrics:
+            self._open[runner] = monotonic()
         if self.task_logs:
-            if span is not None:
-                trace_id = format(span.context.trace_id, "032x")
-            else:
-                trace_id = trace_id_of(runner.lease.trace_context)
-            task_token = TASK_CONTEXT.set((runner.key[0], runner.key[1], trace_id))
-        if self.metrics:
-            self._started[runner.key] = time.monotonic()
+            key = runner.key
+            task_token = TASK_CONTEXT.set((key[0], key[1], self._trace_id(runner, span)))
         try:
             runner.start()  # an async handler's task copies this context; sync ones get a copy too
         finally:
             if task_token is not None:
                 TASK_CONTEXT.reset(task_token)
             if token is not None:
-                otel_context.detach(token)
+                detach_context(token)
+
+    def _trace_id(self, runner: "AttemptRunner", span: RecordedSpan | None) -> str:
+        """The attempt's trace id in hex, for its log lines (formatted once per trace: the attempts
+        of one submission share it)."""
+        if span is None:
+            return trace_id_of(runner.lease.trace_context)
+        trace_id = span.context.trace_id
+        last = self._last_trace_id
+        if last[0] != trace_id:
+            last = self._last_trace_id = (trace_id, format(trace_id, "032x"))
+        return last[1]
 
     def attempt_done(self, runner: "AttemptRunner", result: Any, dropped: bool) -> None:
         """The attempt ended with ``result``; ``dropped``: its result will not be reported (lease
         lost, or the actor is stopping)."""
-        key = runner.key  # (task id, attempt, fencing token)
+        opened = self._open.pop(runner, None)
+        if opened is None:  # neither metrics nor tracing
+            return
         outcome = result.outcome
         task_type = runner.lease.task_type
+        if self.spans is None:
+            span = None
+            end_ns = 0
+            seconds = monotonic() - opened
+        else:
+            span = opened
+            end_ns = time_ns()
+            # With tracing, the handler's duration is its span's (one clock read for both).
+            seconds = (end_ns - span._start_time) / 1e9
         if self.metrics:
-            started = self._started.pop(key, None)
-            stats = self.by_type.get(task_type)
-            if stats is None:
-                stats = self.by_type[task_type] = _TypeStats()
-            if 0 <= outcome < len(stats.outcomes):
+            stats = self.by_type.get(task_type) or self._new_type(task_type)
+            try:
                 stats.outcomes[outcome] += 1
-            if started is not None:
-                h = stats.duration
-                seconds = time.monotonic() - started
-                h.counts[bisect_left(h.bounds, seconds)] += 1  # BucketCounts.observe, inlined
-                h.sum += seconds
-        if self.spans is not None:
-            span = self._spans.pop(key, None)
-            if span is not None and span.recording:
-                attributes = {"corral.task.id": key[0], "corral.task.type": task_type, "corral.attempt": key[1],
-                              "corral.fencing_token": key[2], "corral.outcome": OUTCOME_LABELS.get(outcome, str(outcome))}
-                if dropped:
-                    attributes["corral.result_dropped"] = True
-                status = None
-                if outcome in ERROR_OUTCOMES:
-                    error = result.error
-                    status = Status(StatusCode.ERROR, f"{error.kind}: {error.message}"[:1024])
-                self.spans.end(span, attributes, status)
+            except IndexError:  # an outcome newer than this code: not counted
+                pass
+            if seconds < 0.0:  # the wall clock stepped back
+                seconds = 0.0
+            h = stats.duration
+            h.counts[bisect_left(DURATION_BUCKETS_S, seconds)] += 1  # BucketCounts.observe, inlined
+            h.sum += seconds
+        if span is not None and span.recording:
+            key = runner.key  # (task id, attempt, fencing token)
+            attributes = {"corral.task.id": key[0], "corral.task.type": task_type, "corral.attempt": key[1],
+                          "corral.fencing_token": key[2], "corral.outcome": OUTCOME_LABELS.get(outcome) or str(outcome)}
+            if dropped:
+                attributes["corral.result_dropped"] = True
+            status = None
+            if outcome in ERROR_OUTCOMES:
+                error = result.error
+                status = Status(StatusCode.ERROR, f"{error.kind}: {error.message}"[:1024])
+            self.spans.end(span, attributes, status, end_ns)
+
+    def _new_type(self, task_type: str) -> _TypeStats:
+        stats = self.by_type[task_type] = _TypeStats()
+        return stats
 
     def close(self) -> None:
         """End spans of attempts that never finished (the actor stopped), flush the exporters,
         stop the metrics server."""
-        spans, self._spans = self._spans, {}
-        for key, span in spans.items():
-            self.spans.end(span, {"corral.task.id": key[0], "corral.attempt": key[1], "corral.fencing_token": key[2],
-                                  "corral.result_dropped": True},
-                           Status(StatusCode.ERROR, "the actor stopped before the attempt ended"))
+        opened, self._open = self._open, {}
+        for runner, span in opened.items():
+            if isinstance(span, RecordedSpan):
+                key = runner.key
+                self.spans.end(span, {"corral.task.id": key[0], "corral.attempt": key[1],
+                                      "corral.fencing_token": key[2], "corral.result_dropped": True},
+                               Status(StatusCode.ERROR, "the actor stopped before the attempt ended"))
         if self.tracing is not None:
             self.tracing.provider.shutdown()  # flushes the exporters
             self.tracing = None

@@ -11,28 +11,36 @@ needs the optional extra ``corral[otlp]``, imported only then) and/or ``trace_fi
 spans as JSON lines, for tests and debugging; ``/dev/null`` batches the spans and drops them).
 Otherwise ``configure_tracing`` returns None, no tracer exists, and callers create no span at
 all. The sampler is the SDK's (parent-based, always on by default; ``OTEL_TRACES_SAMPLER`` /
-``OTEL_TRACES_SAMPLER_ARG`` change it), and so are the batch processor's settings
-(``OTEL_BSP_*``).
+``OTEL_TRACES_SAMPLER_ARG`` change it), and the batching follows the SDK's settings
+(``OTEL_BSP_SCHEDULE_DELAY``, ``OTEL_BSP_MAX_QUEUE_SIZE``, ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``).
 """
 from __future__ import annotations
 
+import contextvars
 import json
+import logging
 import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from random import getrandbits
-from typing import Any, NamedTuple
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+from opentelemetry.sdk.environment_variables import (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_BSP_MAX_QUEUE_SIZE,
+                                                     OTEL_BSP_SCHEDULE_DELAY)
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+log = logging.getLogger(__name__)
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 # The W3C propagator only: the carrier fields are documented as traceparent/tracestate.
@@ -41,7 +49,6 @@ _EMPTY_CONTEXT = otel_context.Context()
 _SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
 _NOT_SAMPLED = trace.TraceFlags(trace.TraceFlags.DEFAULT)
 _FOLLOWS_REMOTE_PARENT = "remoteParentSampled:AlwaysOnSampler,remoteParentNotSampled:AlwaysOffSampler"
-_UNSET = Status(StatusCode.UNSET)
 # The last version-00 traceparent parsed and its span context (immutable: safe to share).
 _last_parsed: tuple[str, trace.SpanContext | None] = ("", None)
 _TRACEPARENT_00 = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
@@ -173,7 +180,6 @@ def configure_tracing(service_name: str, *, instance_id: str = "", otlp_endpoint
         return None
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     attributes = {"service.name": service_name}
     if instance_id:
@@ -187,37 +193,90 @@ def configure_tracing(service_name: str, *, instance_id: str = "", otlp_endpoint
             raise TracingUnavailable(
                 f"an OTLP endpoint is configured ({otlp_endpoint}) but the OTLP exporter is not installed: "
                 f"pip install 'corral[otlp]' ({exc})") from None
-        processors.append(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+        processors.append(SpanBatcher(OTLPSpanExporter(endpoint=otlp_endpoint)))
     if trace_file:
         exporter = DiscardingSpanExporter() if trace_file == os.devnull else JsonLinesSpanExporter(trace_file)
-        processors.append(BatchSpanProcessor(exporter))
+        processors.append(SpanBatcher(exporter))
     for processor in processors:
         provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     return Tracing(provider, processors)
 
 
-class RecordedSpan(NamedTuple):
-    """A span in progress, as ``SpanRecorder`` keeps it (see there)."""
+def _span_context(trace_id: int, span_id: int, flags: trace.TraceFlags, trace_state: Any) -> trace.SpanContext:
+    """``trace.SpanContext(trace_id, span_id, False, flags, trace_state)`` for ids known to be valid
+    (a valid parent's or a generated trace id, a non-zero 64-bit span id): the tuple it is, without
+    the constructor's checks (a third of its cost). tests/unit/test_telemetry.py compares both."""
+    return _new_tuple(_SpanContext, (trace_id, span_id, False, flags, trace_state, True))
 
-    context: trace.SpanContext
-    parent: trace.SpanContext | None
-    start_ns: int
-    recording: bool
+
+_new_tuple = tuple.__new__
+_SpanContext = trace.SpanContext
+time_ns = time.time_ns
+# The key of the current span in an OpenTelemetry context ("current-span-<uuid>"), found once
+# through the public API: ``Context({CURRENT_SPAN_KEY: span})`` = ``set_span_in_context(span, Context())``.
+CURRENT_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, otel_context.Context())))
+
+
+def _current_context_var() -> contextvars.ContextVar | None:
+    """The ContextVar holding OpenTelemetry's current context, when the runtime context is the
+    API's default (contextvars) one; None otherwise."""
+    try:
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+    except ImportError:  # pragma: no cover - the API always has it
+        return None
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    var = getattr(runtime, "_current_context", None)
+    return var if type(runtime) is ContextVarsRuntimeContext and isinstance(var, contextvars.ContextVar) else None
+
+
+# ``otel_context.attach`` / ``detach``, straight to the ContextVar when the runtime context is the
+# default one (the same thing without two Python calls and a try each: once per attempt).
+_CONTEXT_VAR = _current_context_var()
+attach_context = otel_context.attach if _CONTEXT_VAR is None else _CONTEXT_VAR.set
+detach_context = otel_context.detach if _CONTEXT_VAR is None else _CONTEXT_VAR.reset
+
+
+class RecordedSpan(ReadableSpan, trace.NonRecordingSpan):
+    """One span of a ``SpanRecorder``, from its start to its export: ONE object per span.
+
+    While the span runs it is what the OpenTelemetry context holds (a non-recording API span, as
+    ``NonRecordingSpan``: ``get_span_context()`` gives its context, so spans started under it are its
+    children); once ended, it is the SDK ``ReadableSpan`` the span processors and exporters get.
+    The fields shared by all spans of a recorder (name, kind, resource, scope) are class attributes
+    of the recorder's own subclass, so an instance holds only its context, parent, times,
+    attributes and status. ``recording``: sampled (a span that is not is never exported)."""
+
+    _events: Sequence[Any] = ()
+    _links: Sequence[Any] = ()
+    _instrumentation_info = None
+    _attributes: Mapping[str, Any] | None = None
+    _status: Status = Status(StatusCode.UNSET)
+    _end_time: int | None = None
+
+    def __init__(self, context: trace.SpanContext, parent: trace.SpanContext | None, start_ns: int,
+                 recording: bool) -> None:  # noqa: D107 - no super().__init__: the fields are set here
+        self._context = context
+        self._parent = parent
+        self._start_time = start_ns
+        self.recording = recording
+
+    def __repr__(self) -> str:
+        return f"RecordedSpan({self._name!r}, {self._context!r})"
 
 
 class SpanRecorder:
-    """Spans of one name and kind, started and ended by our own code, at a third of the cost of
-    ``tracer.start_span`` (measured: ~10 µs instead of ~30 µs per span; the actor makes one per
-    attempt). Same semantics, through the public SDK pieces: the provider's sampler (parent-based by
-    default) and id generator decide, the span is handed to the span processors as an SDK
-    ``ReadableSpan`` when it ends. What it skips: a live Span object (attributes are given once, at
-    the end; no events), ``on_start`` (a no-op for batch processors) and span limits (the
-    attributes are a fixed few).
+    """Spans of one name and kind, started and ended by our own code, at a fraction of the cost of
+    ``tracer.start_span`` (the actor makes one per attempt). Same semantics, through the public SDK
+    pieces: the provider's sampler (parent-based by default) and id generator decide, and the span
+    processors get the span as an SDK ``ReadableSpan`` when it ends. What it skips: a live SDK Span
+    (attributes are given once, at the end; no events), ``on_start`` (a no-op for batch processors)
+    and span limits (the attributes are a fixed few). One object per span (``RecordedSpan``), and
+    with ``SpanBatcher`` processors (what ``configure_tracing`` sets up) ending a span is one queue
+    append.
 
-    While the span runs, ``context_of(span)`` is an OpenTelemetry context whose current span has
-    its span context, so spans started under it (by handler code, with the normal tracer) are its
-    children."""
+    While the span runs, ``context_of(span)`` is an OpenTelemetry context whose current span is it,
+    so spans started under it (by handler code, with the normal tracer) are its children."""
 
     def __init__(self, tracing: Tracing, name: str, kind: trace.SpanKind) -> None:
         provider = tracing.provider
@@ -228,14 +287,21 @@ class SpanRecorder:
         self.resource = provider.resource
         self.processors = tracing.processors
         self.scope = InstrumentationScope("corral")
+        self.span_class = type("RecordedSpan", (RecordedSpan,), {
+            "__module__": __name__, "_name": name, "_kind": kind, "_resource": self.resource,
+            "_instrumentation_scope": self.scope})
         # A parent-based sampler with the default delegates for remote parents (the SDK's default,
         # whatever the root sampler) samples a span with a remote parent iff the parent is sampled:
         # decided here without the sampler's call (same result, a third of this method's cost).
         self.follows_remote_parent = _FOLLOWS_REMOTE_PARENT in self.sampler.get_description()
         # The SDK's default id generator is random.getrandbits(64) (non-zero): called directly.
-        self.new_span_id = (_random_span_id if type(self.ids) is RandomIdGenerator
-                            else self.ids.generate_span_id)
+        self.random_ids = type(self.ids) is RandomIdGenerator
         self._last_parent: tuple = (None,)
+        self._last_carrier: tuple = (None,)
+        # Ending a span: one queue append when the only processor is a SpanBatcher (what
+        # configure_tracing sets up for one exporter); otherwise each processor's on_end().
+        self.batcher = self.processors[0] if len(self.processors) == 1 and isinstance(
+            self.processors[0], SpanBatcher) else None
 
     def start(self, parent: trace.SpanContext | None) -> RecordedSpan:
         if parent is not None:
@@ -246,8 +312,10 @@ class SpanRecorder:
                     last = self._last_parent = (parent, parent.is_remote, parent.trace_id,
                                                 _SAMPLED if sampled else _NOT_SAMPLED, parent.trace_state, sampled)
                 if last[1]:  # a remote parent: its sampled flag decides
-                    context = trace.SpanContext(last[2], self.new_span_id(), False, last[3], last[4])
-                    return RecordedSpan(context, parent, time.time_ns(), last[5])
+                    span_id = (getrandbits(64) or _random_span_id()) if self.random_ids else self.ids.generate_span_id()
+                    # = _span_context(...), inlined
+                    return self.span_class(_new_tuple(_SpanContext, (last[2], span_id, False, last[3], last[4], True)),
+                                           parent, time_ns(), last[5])
             trace_id = parent.trace_id
             parent_context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
         else:
@@ -257,24 +325,152 @@ class SpanRecorder:
         flags = _SAMPLED if result.decision.is_sampled() else _NOT_SAMPLED
         context = trace.SpanContext(trace_id, self.ids.generate_span_id(), is_remote=False, trace_flags=flags,
                                     trace_state=result.trace_state)
-        return RecordedSpan(context, parent, time.time_ns(), result.decision.is_recording())
+        return self.span_class(context, parent, time_ns(), result.decision.is_recording())
+
+    def start_from_carrier(self, carrier: Mapping[str, str]) -> RecordedSpan:
+        """``start(span_context_from_carrier(carrier))``, with the common case in one step: the
+        tasks of one submission share their traceparent, so the last one's parsing and sampling
+        decision are reused when the carrier holds the same traceparent (and nothing else)."""
+        traceparent = carrier.get("traceparent")
+        last = self._last_carrier
+        if traceparent == last[0] and traceparent is not None and len(carrier) == 1:
+            span_id = (getrandbits(64) or _random_span_id()) if self.random_ids else self.ids.generate_span_id()
+            return self.span_class(_new_tuple(_SpanContext, (last[1], span_id, False, last[2], last[3], True)),
+                                   last[4], time_ns(), last[5])
+        parent = span_context_from_carrier(carrier)
+        span = self.start(parent)
+        if parent is not None and parent.is_remote and self.follows_remote_parent and len(carrier) == 1:
+            context = span.context
+            self._last_carrier = (traceparent, context.trace_id, context.trace_flags, context.trace_state, parent,
+                                  span.recording)
+        return span
 
     @staticmethod
     def context_of(span: RecordedSpan, parent: otel_context.Context | None = None) -> otel_context.Context:
         """A context holding the span (added to ``parent``; by default to an empty context, not
         the current one: an attempt inherits nothing from the session's context)."""
-        return trace.set_span_in_context(trace.NonRecordingSpan(span.context),
-                                         _EMPTY_CONTEXT if parent is None else parent)
+        if parent is None:
+            return otel_context.Context({CURRENT_SPAN_KEY: span})  # = set_span_in_context(span, Context())
+        return trace.set_span_in_context(span, parent)
 
-    def end(self, span: RecordedSpan, attributes: Mapping[str, Any], status: Any = None) -> None:
+    def end(self, span: RecordedSpan, attributes: Mapping[str, Any], status: Any = None, end_ns: int = 0) -> None:
+        """End ``span`` now (or at ``end_ns``, ns since the epoch) with ``attributes`` and ``status``."""
         if not span.recording:
             return
-        # Positional (name, context, parent, resource, attributes, events, links, kind,
-        # instrumentation_info, status, start_time, end_time, instrumentation_scope): cheaper.
-        readable = ReadableSpan(self.name, span.context, span.parent, self.resource, attributes, (), (), self.kind,
-                                None, _UNSET if status is None else status, span.start_ns, time.time_ns(), self.scope)
-        for processor in self.processors:
-            processor.on_end(readable)
+        span._end_time = end_ns or time_ns()
+        span._attributes = attributes
+        if status is not None:
+            span._status = status
+        batcher = self.batcher
+        if batcher is not None:
+            queue = batcher.queue  # SpanBatcher.add, inlined
+            queue.append(span)
+            if len(queue) >= batcher.batch_size:
+                batcher.wake()
+        else:
+            for processor in self.processors:
+                processor.on_end(span)
+
+
+class SpanBatcher(SpanProcessor):
+    """Exports finished spans in batches from a daemon thread: the SDK's ``BatchSpanProcessor``
+    (same ``OTEL_BSP_*`` settings and defaults: schedule delay, queue size, batch size), at less
+    cost per span on the caller's thread (``add``: a length check and a deque append; no pid check
+    or per-span bookkeeping), which matters for the actor's span per attempt.
+
+    Takes the SDK's spans (``on_end``: those of handler code, sampled ones only) and
+    ``SpanRecorder``'s (``add``: already known to be sampled). The worker wakes every schedule delay,
+    or as soon as a batch is full, and exports everything queued, a batch at a time, with
+    instrumentation suppressed (as the SDK's processor does). When the queue is full a span is
+    dropped and counted (``dropped``; one warning). ``force_flush`` exports what is queued;
+    ``shutdown`` exports the rest and shuts the exporter down.
+
+    One lock-free queue, many producers (any thread may end a span); one consumer."""
+
+    def __init__(self, exporter: SpanExporter, *, max_queue_size: int | None = None,
+                 schedule_delay_millis: float | None = None, max_export_batch_size: int | None = None) -> None:
+        self.exporter = exporter
+        self.max_queue_size = max_queue_size or _env_int(OTEL_BSP_MAX_QUEUE_SIZE, 2048)
+        self.schedule_delay_s = (schedule_delay_millis or _env_int(OTEL_BSP_SCHEDULE_DELAY, 5000)) / 1000.0
+        self.batch_size = min(max_export_batch_size or _env_int(OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512),
+                              self.max_queue_size)
+        self.dropped = 0
+        # Full: the oldest span is dropped (as the SDK's processor does).
+        self.queue: deque = deque(maxlen=self.max_queue_size)
+        self._wake = threading.Event()
+        self._export_lock = threading.Lock()
+        self._shutdown = False
+        self._thread = threading.Thread(target=self._worker, name="CorralSpanBatcher", daemon=True)
+        self._thread.start()
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is not None and context.trace_flags.sampled:
+            self.add(span)
+
+    def add(self, span: ReadableSpan) -> None:
+        """Queue a finished, sampled span (``SpanRecorder.end`` inlines this)."""
+        queue = self.queue
+        queue.append(span)
+        if len(queue) >= self.batch_size:
+            self.wake()
+
+    def wake(self) -> None:
+        """A batch is full: wake the worker (and count a dropped span when the queue is full)."""
+        if len(self.queue) >= self.max_queue_size:
+            if not self.dropped:
+                log.warning("span queue full (%d spans): dropping the oldest (OTEL_BSP_MAX_QUEUE_SIZE)",
+                            self.max_queue_size)
+            self.dropped += 1
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def _worker(self) -> None:
+        while not self._shutdown:
+            self._wake.wait(self.schedule_delay_s)
+            self._wake.clear()
+            self._export_queued()
+
+    def _export_queued(self) -> None:
+        with self._export_lock:
+            queue = self.queue
+            while queue:
+                n = min(len(queue), self.batch_size)
+                batch = [queue.popleft() for _ in range(n)]
+                token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+                try:
+                    self.exporter.export(batch)
+                except Exception:  # noqa: BLE001 - an exporter's failure must not stop the worker
+                    log.exception("exporting %d spans failed", n)
+                finally:
+                    otel_context.detach(token)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        if not self._shutdown:
+            self._export_queued()
+        return True
+
+    def shutdown(self) -> None:
+        if self._shutdown:
+            return
+        self._shutdown = True
+        self._wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        self._export_queued()
+        self.exporter.shutdown()
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        value = int(os.environ.get(name, "") or default)
+    except ValueError:
+        log.warning("%s is not an integer; using %d", name, default)
+        return default
+    return value if value > 0 else default
 
 
 def shutdown_tracing() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import time
 
 import pytest
 from opentelemetry import context as otel_context
@@ -544,3 +545,138 @@ def test_context_from_headers_uses_the_propagator_and_keeps_tracestate(headers):
     assert format(ctx.trace_id, "032x") == TRACE_ID and ctx.is_remote
     assert ctx.trace_state.to_header() == headers.get("tracestate", "")
     assert tracing.context_from_headers({"traceparent": "junk"}) is None and tracing.context_from_headers({}) is None
+
+
+# ---- the cheap span path: RecordedSpan, SpanRecorder.start_from_carrier, SpanBatcher ----------------
+
+def test_the_fast_span_context_equals_the_checked_constructor():
+    flags = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+    state = trace.TraceState([("k", "v")])
+    fast = tracing._span_context(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, flags, state)
+    slow = trace.SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, False, flags, state)
+    assert fast == slow and type(fast) is type(slow) and fast.is_valid and not fast.is_remote
+    assert fast.trace_flags.sampled and fast.trace_state == state
+
+
+def test_attach_context_is_the_api_attach():
+    ctx = otel_context.Context({tracing.CURRENT_SPAN_KEY: trace.NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)})
+    assert trace.set_span_in_context(trace.INVALID_SPAN, otel_context.Context()).keys() == ctx.keys()
+    before = otel_context.get_current()
+    token = tracing.attach_context(ctx)
+    assert otel_context.get_current() is ctx
+    tracing.detach_context(token)
+    assert otel_context.get_current() is before
+
+
+class ListExporter(tracing.SpanExporter):
+    def __init__(self):
+        self.batches = []
+
+    def export(self, spans):
+        self.batches.append(list(spans))
+        return tracing.SpanExportResult.SUCCESS
+
+    @property
+    def spans(self):
+        return [s for batch in self.batches for s in batch]
+
+
+def batcher_tracing(**kwargs):
+    exporter = ListExporter()
+    provider = TracerProvider()
+    batcher = tracing.SpanBatcher(exporter, **kwargs)
+    provider.add_span_processor(batcher)
+    return tracing.Tracing(provider, [batcher]), batcher, exporter
+
+
+@pytest.mark.parametrize("carrier", [
+    {"traceparent": TRACEPARENT},
+    {"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-00"},
+    {"traceparent": TRACEPARENT, "tracestate": "k=v"},
+    {"traceparent": "nonsense"},
+    {},
+])
+def test_start_from_carrier_equals_start_of_the_parsed_parent(carrier):
+    tracing_, batcher, _ = batcher_tracing()
+    try:
+        recorder = tracing_.recorder("a", trace.SpanKind.CONSUMER)
+        parent = tracing.span_context_from_carrier(carrier)
+        for _ in range(3):  # the second and third reuse the first's parse
+            span = recorder.start_from_carrier(carrier)
+            reference = recorder.start(parent)
+            assert span.parent == parent and span.recording == reference.recording
+            ctx, ref = span.context, reference.context
+            assert (ctx.trace_flags, ctx.trace_state, ctx.is_remote) == (ref.trace_flags, ref.trace_state, False)
+            assert ctx.is_valid and ctx.span_id != ref.span_id
+            assert (ctx.trace_id == parent.trace_id) if parent is not None else ctx.trace_id != ref.trace_id
+    finally:
+        tracing_.provider.shutdown()
+
+
+def test_recorded_spans_reach_the_exporter_through_the_batcher_with_the_handler_spans():
+    tracing_, batcher, exporter = batcher_tracing()
+    recorder = tracing_.recorder("corral.attempt", trace.SpanKind.CONSUMER)
+    span = recorder.start_from_carrier({"traceparent": TRACEPARENT})
+    token = tracing.attach_context(recorder.context_of(span))
+    try:
+        assert trace.get_current_span() is span and not span.is_recording()
+        with tracing_.tracer.start_as_current_span("handler-child"):
+            pass
+    finally:
+        tracing.detach_context(token)
+    assert exporter.batches == []  # batched: nothing exported yet
+    recorder.end(span, {"k": 1}, trace.Status(trace.StatusCode.ERROR, "bad"))
+    unsampled = recorder.start_from_carrier({"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-00"})
+    recorder.end(unsampled, {})
+    assert batcher.force_flush()
+    child, exported = exporter.spans
+    assert exported is span and child.parent == span.context and child.context.trace_id == span.context.trace_id
+    assert exported.name == "corral.attempt" and exported.kind == trace.SpanKind.CONSUMER
+    assert dict(exported.attributes) == {"k": 1} and exported.status.description == "bad"
+    assert exported.start_time <= exported.end_time and exported.resource is tracing_.provider.resource
+    assert exported.instrumentation_scope.name == "corral" and exported.events == () and exported.links == ()
+    assert format(exported.parent.span_id, "016x") == SPAN_ID and exported.parent.is_remote
+    as_dict = tracing.span_to_dict(exported)
+    assert as_dict["trace_id"] == TRACE_ID and as_dict["status"] == "ERROR" and as_dict["parent_span_id"] == SPAN_ID
+    tracing_.provider.shutdown()
+    assert len(exporter.spans) == 2  # the unsampled span was never exported
+
+
+def test_the_batcher_exports_a_full_batch_without_waiting_for_the_schedule():
+    tracing_, batcher, exporter = batcher_tracing(max_export_batch_size=4, schedule_delay_millis=3_600_000)
+    try:
+        recorder = tracing_.recorder("a", trace.SpanKind.INTERNAL)
+        for _ in range(4):
+            recorder.end(recorder.start_from_carrier({"traceparent": TRACEPARENT}), {})
+        deadline = time.monotonic() + 10
+        while len(exporter.spans) < 4 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(exporter.spans) == 4 and all(len(b) <= 4 for b in exporter.batches)
+    finally:
+        tracing_.provider.shutdown()
+
+
+def test_a_full_batcher_queue_drops_the_oldest_spans_and_counts_them():
+    exporter = ListExporter()
+    batcher = tracing.SpanBatcher(exporter, max_queue_size=3, max_export_batch_size=3,
+                                  schedule_delay_millis=3_600_000)
+    try:
+        spans = [object() for _ in range(5)]
+        with batcher._export_lock:  # the worker cannot export meanwhile: the queue fills up
+            for span in spans:
+                batcher.add(span)
+            assert list(batcher.queue) == spans[2:] and batcher.dropped >= 2
+        assert batcher.force_flush() and exporter.spans == spans[2:]
+    finally:
+        batcher.shutdown()
+
+
+def test_the_batcher_follows_the_sdk_environment_settings(monkeypatch):
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "100")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "10")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "250")
+    batcher = tracing.SpanBatcher(ListExporter())
+    try:
+        assert (batcher.max_queue_size, batcher.batch_size, batcher.schedule_delay_s) == (100, 10, 0.25)
+    finally:
+        batcher.shutdown()
