@@ -4,7 +4,7 @@ Owns the on-disk layout of snapshots and the order of the writes that make them 
 
 - ``snap_rows``: one row per finished task, key = its ordinal (8 bytes big-endian), value =
   the seq of the snapshot it was written for (8 bytes BE) + CRC32 (4 bytes LE) + serialized
-  ``corral.v1.TaskSnapshot``. Rows are shared by successive snapshots (finished tasks do not
+  finished-task row (``core/snapshot.py``: ``finished_row``). Rows are shared by successive snapshots (finished tasks do not
   change), so each finished task is written about once, and deleted once it is forgotten.
 - ``snap_head``: the serialized ``corral.v1.SnapshotHead`` (globals and unfinished tasks) of a
   snapshot, key = seq (8 bytes BE) + chunk number (4 bytes BE), in chunks of at most 1 MiB.
@@ -58,7 +58,7 @@ class SnapshotWrite:
     seq: int
     at_unix_ms: int
     head: bytes
-    rows: dict[int, bytes]  # ordinal -> serialized TaskSnapshot (finished tasks new or changed)
+    rows: dict[int, bytes]  # ordinal -> finished-task row (core/snapshot.py finished_row; new or changed)
     forgotten: list[int]  # ordinals whose rows go once the snapshot is in place
 
 
@@ -75,7 +75,7 @@ class SnapshotStore:
         raw = self.wal.get_meta(POINTER_KEY)
         return snapshot_pb2.SnapshotPointer.FromString(raw) if raw is not None else None
 
-    def load(self) -> tuple[snapshot_pb2.SnapshotHead, list[snapshot_pb2.TaskSnapshot]] | None:
+    def load(self) -> tuple[snapshot_pb2.SnapshotHead, list[bytes]] | None:
         """The latest snapshot (head, finished-task rows in ordinal order), after deleting what a
         crash left behind; None if there is none."""
         pointer = self.pointer()
@@ -97,7 +97,7 @@ class SnapshotStore:
             raise SnapshotCorrupt(f"snapshot {seq}: head checksum mismatch")
         head = snapshot_pb2.SnapshotHead.FromString(data)
         skip = set(head.forgotten_ordinals)
-        rows: list[snapshot_pb2.TaskSnapshot] = []
+        rows: list[bytes] = []
         stale: list[bytes] = []
         after = b""
         while True:  # short read transactions, ROWS_PER_TXN * 8 rows each
@@ -125,7 +125,7 @@ class SnapshotStore:
                 payload = value[12:]
                 if zlib.crc32(payload) != crc:
                     raise SnapshotCorrupt(f"snapshot {seq}: row of task ordinal {ordinal}: checksum mismatch")
-                rows.append(snapshot_pb2.TaskSnapshot.FromString(payload))
+                rows.append(bytes(payload))  # decoded by core/snapshot.py (task_from_row)
             after = batch[-1][0]
         self._delete_rows(stale)
         self._cleanup(seq)

@@ -36,7 +36,7 @@ def round_trip(p: Projection) -> Projection:
     q = Projection(deadline_grace_ms=p.deadline_grace_ms, priority_aging_ms=p.priority_aging_ms,
                    track_expiry=p.expiry is not None)
     load(q, snapshot_pb2.SnapshotHead.FromString(head.SerializeToString()),
-         [snapshot_pb2.TaskSnapshot.FromString(r) for r in rows])
+         rows)
     return q
 
 
@@ -228,7 +228,7 @@ def test_a_snapshot_missing_a_finished_row_is_refused() -> None:
     head = capture_head(p, p.last_seq, T0, len(rows) + 1)
     from coordinator.core.snapshot import SnapshotMismatch
     with pytest.raises(SnapshotMismatch):
-        load(Projection(), head, [snapshot_pb2.TaskSnapshot.FromString(r) for r in rows])
+        load(Projection(), head, rows)
 
 
 # ---- retention -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 from corral.v1 import wal_pb2
 from coordinator.coordinator import restore
 from coordinator.core.projection import Projection
+from coordinator.core.snapshot import task_from_row
 from coordinator.core.states import TERMINAL_STATES
 from coordinator.dispatch.snapshotter import Snapshotter, enable
 from coordinator.storage import snapshots as snapshots_mod
@@ -171,16 +172,16 @@ def test_forgotten_rows_are_deleted_and_new_tasks_continue_the_ordinals(tmp_path
         p.apply(r, r.at_unix_ms)
     take_snapshot(wal, p, forgotten_at - 1)
     store = SnapshotStore(wal)
-    rows_before = {row.task_id for row in store.load()[1]}
+    rows_before = {task_from_row(row).task_id for row in store.load()[1]}
     q, _, _ = restored(wal)
     take_snapshot(wal, q, wal.last_seq, forgotten_at - 1)
     head, rows = store.load()
     forgotten = {tid for r in all_records if r.HasField("tasks_forgotten") for tid in r.tasks_forgotten.task_ids}
     assert forgotten and forgotten & rows_before
-    assert not forgotten & {row.task_id for row in rows}
+    assert not forgotten & {task_from_row(row).task_id for row in rows}
     resubmitted = [t for t in q.tasks.values() if t.task_id in forgotten]  # same id, a new task
     assert resubmitted and all(t.state not in TERMINAL_STATES for t in resubmitted)
-    assert all(t.ordinal not in {row.ordinal for row in rows} for t in resubmitted)
+    assert all(t.ordinal not in {task_from_row(row).ordinal for row in rows} for t in resubmitted)
     assert wal.read(lambda txn: txn.stat(store._rows)["entries"]) == head.finished_tasks == len(rows)
     wal.close()
 
