@@ -49,6 +49,7 @@ from ..core.views import task_view
 from ..storage.wal import HIGHEST_TOKEN_KEY, WriteAheadLog
 from . import commands as C
 from . import operations
+from . import snapshotter as snapshotter_mod
 from . import schedules as schedule_ops
 from .actor_link import ActorLink
 from .event_hub import DEFAULT_MAX_QUEUED_EVENTS, EventHub
@@ -265,6 +266,8 @@ class DispatchLoop:
 
     def _seconds_to_next_timer(self) -> float | None:
         waits = []
+        if self.snapshotter is not None and self.snapshotter.backlog:
+            waits.append(snapshotter_mod.IDLE_STEP_MS)  # an idle loop serializes snapshot rows
         due = self.projection.next_timer_ms()
         if due is not None:
             waits.append(due - self.now_ms())
@@ -334,7 +337,9 @@ class DispatchLoop:
             self.metrics.step_committed(step.now_ms, len(step.records), commit_s, step.grants, step.ended)
         snapshotter = self.snapshotter
         if snapshotter is not None:
-            snapshotter.after_step(len(step.records))
+            # Rows of finished tasks are serialized when the loop is idle (nothing queued), or
+            # while busy once the backlog is large (so a snapshot's capture stays short).
+            snapshotter.after_step(len(step.records), idle=not self._inbox)
         if snapshotter is not None and snapshotter.due(self.wal.last_seq):
             # After the commit: the projection is exactly the WAL up to last_seq.
             snapshotter.start(self.wal.last_seq, step.now_ms)

@@ -6,10 +6,13 @@ Owns: the snapshot schedule and the bookkeeping of which finished tasks still ne
 - A snapshot is due when the WAL has grown by `every_records` records since the last one, and
   by at least as many records as there are tasks (so the work of snapshots stays proportional to
   the records written, however many finished tasks retention keeps).
-- Rows of finished tasks not saved yet (`Projection.unsaved_finished`) are serialized a few at a
-  time after each step (`after_step`, about as many as the step wrote records), so the work
-  follows the load instead of piling up for the snapshot. Finished tasks never change (one that
-  does is queued again and serialized again), so each is serialized about once.
+- Rows of finished tasks not saved yet (`Projection.unsaved_finished`) are serialized ahead of
+  the snapshot (`after_step`): when the loop is idle (nothing queued after a step; an idle loop
+  wakes every IDLE_STEP_MS while rows are pending), and while it is busy only once more than
+  `busy_backlog` (every_records / 8) are pending. So a burst does not pay for snapshots, a
+  saturated loop pays about one row per finished task, and a capture never has more than about
+  `busy_backlog` rows left. Finished tasks never change (one that does is queued again and
+  serialized again), so each is serialized about once.
 - The snapshot is captured on the loop's thread at the end of a step, after its commit, when the
   projection equals the WAL exactly (seq = wal.last_seq): the head (globals and unfinished tasks)
   and whatever rows are left. That capture is the loop's only stall (`last_capture_s`).
@@ -31,6 +34,12 @@ from ..storage.snapshots import SnapshotStore, SnapshotWrite
 log = logging.getLogger("corral.snapshots")
 
 
+# An idle loop wakes this often while rows are pending and serializes this many per step
+# (~5 ms of CPU), so a command arriving meanwhile waits at most that long.
+IDLE_STEP_MS = 10
+IDLE_ROWS_PER_STEP = 500
+
+
 class Snapshotter:
     def __init__(self, store: SnapshotStore, projection: Projection, every_records: int, last_seq: int = 0) -> None:
         self.store = store
@@ -45,14 +54,30 @@ class Snapshotter:
         self._pending_forgotten: list[int] = []
         # Rows serialized ahead of the snapshot: ordinal -> (task, row).
         self._rows: dict[int, tuple[object, bytes]] = {}
+        # While the loop is busy, rows wait until this many are pending (bounds the capture).
+        self.busy_backlog = max(1_024, every_records // 8)
         enable(projection)
 
-    def after_step(self, records: int) -> None:
-        """Serialize up to about `records` (at least 64) finished tasks' rows ahead of time."""
+    @property
+    def backlog(self) -> int:
+        """Finished tasks whose row is not serialized yet (0 with snapshots off)."""
+        unsaved = self.projection.unsaved_finished
+        return len(unsaved) if unsaved and self.every_records else 0
+
+    def after_step(self, records: int, idle: bool = True) -> None:
+        """Serialize finished tasks' rows ahead of the snapshot: up to IDLE_ROWS_PER_STEP when the
+        loop is idle; while it is busy only once the backlog passes `busy_backlog` (then about
+        `records`, at least 64, per step), so bursts do not pay for snapshots and a capture never
+        has more than about `busy_backlog` rows left to serialize."""
         unsaved = self.projection.unsaved_finished
         if not unsaved or not self.every_records:
             return
-        n = min(len(unsaved), max(64, records))
+        if idle:
+            n = min(len(unsaved), IDLE_ROWS_PER_STEP)
+        elif len(unsaved) > self.busy_backlog:
+            n = min(len(unsaved), max(64, records))
+        else:
+            return
         rows = self._rows
         finished_row = snap.finished_row
         for task in unsaved[:n]:
