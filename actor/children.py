@@ -104,6 +104,10 @@ def outcome_value(outcome: actor_service_pb2.ChildOutcome) -> Any:
     raise ChildFailed(outcome.task_id, outcome.state, outcome.error.kind, outcome.error.message)
 
 
+def _lease_key(ref: actor_service_pb2.LeaseRef) -> LeaseKey:
+    return (ref.task_id, ref.attempt, ref.fencing_token)
+
+
 class ChildChannel:
     """The session's queue of child submissions and waits (one per session, on its loop)."""
 
@@ -112,8 +116,9 @@ class ChildChannel:
         self._next_request_id = 0
         # request id -> (submission, future of ChildSubmitted)
         self._submissions: dict[int, tuple[actor_service_pb2.ChildSubmission, asyncio.Future]] = {}
-        # child task id -> (parent ref, futures of ChildOutcome)
-        self._waits: dict[str, tuple[actor_service_pb2.LeaseRef, list[asyncio.Future]]] = {}
+        # (parent attempt's lease key, child task id) -> (parent ref, futures of ChildOutcome):
+        # an outcome answers the attempt that asked (outcome.parent), never another one.
+        self._waits: dict[tuple[LeaseKey, str], tuple[actor_service_pb2.LeaseRef, list[asyncio.Future]]] = {}
         self._out_submissions: list[actor_service_pb2.ChildSubmission] = []
         self._out_waits: list[tuple[actor_service_pb2.LeaseRef, str]] = []
         self.wake: Any = None  # set by the session: called when something is queued to send
@@ -131,9 +136,10 @@ class ChildChannel:
 
     def wait(self, parent: actor_service_pb2.LeaseRef, task_id: str) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
-        entry = self._waits.get(task_id)
+        key = (_lease_key(parent), task_id)
+        entry = self._waits.get(key)
         if entry is None:
-            self._waits[task_id] = (parent, [future])
+            self._waits[key] = (parent, [future])
             self._out_waits.append((parent, task_id))
             self._wake()
         else:
@@ -168,7 +174,7 @@ class ChildChannel:
     def on_connected(self) -> None:
         """A new stream: send everything unanswered again (safe: submissions are idempotent)."""
         self._out_submissions = [s for s, _ in self._submissions.values()]
-        self._out_waits = [(parent, task_id) for task_id, (parent, _) in self._waits.items()]
+        self._out_waits = [(parent, task_id) for (_, task_id), (parent, _) in self._waits.items()]
 
     def on_submitted(self, answer: actor_service_pb2.ChildSubmitted) -> None:
         entry = self._submissions.pop(answer.request_id, None)
@@ -176,7 +182,7 @@ class ChildChannel:
             entry[1].set_result(answer)
 
     def on_outcome(self, outcome: actor_service_pb2.ChildOutcome) -> None:
-        entry = self._waits.pop(outcome.task_id, None)
+        entry = self._waits.pop((_lease_key(outcome.parent), outcome.task_id), None)
         if entry is None:
             return
         for future in entry[1]:
@@ -186,15 +192,15 @@ class ChildChannel:
     def forget_attempt(self, key: LeaseKey) -> None:
         """The attempt `key` ended: its unanswered submissions and waits are moot."""
         def of(ref: actor_service_pb2.LeaseRef) -> bool:
-            return (ref.task_id, ref.attempt, ref.fencing_token) == key
+            return _lease_key(ref) == key
 
         for request_id, (submission, future) in list(self._submissions.items()):
             if of(submission.parent):
                 del self._submissions[request_id]
                 future.cancel()
-        for task_id, (parent, futures) in list(self._waits.items()):
-            if of(parent):
-                del self._waits[task_id]
+        for wait_key, (parent, futures) in list(self._waits.items()):
+            if wait_key[0] == key:
+                del self._waits[wait_key]
                 for future in futures:
                     future.cancel()
         self._out_submissions = [s for s in self._out_submissions if not of(s.parent)]

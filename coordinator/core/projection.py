@@ -386,11 +386,9 @@ class Projection:
     def _child_ended(self, task: TaskRecord, state: int) -> None:
         """A child reached a terminal state: its parent's counters (not for detached children)."""
         spec = task.spec
-        if spec.detached:
+        if spec.detached or not task.parent_id:  # not linked: its parent was forgotten
             return
-        parent = self.tasks.get(task.parent_id)
-        if parent is None:  # forgotten (retention) before its child ended
-            return
+        parent = self.tasks[task.parent_id]
         parent.unfinished_children -= 1
         if state != SUCCEEDED and not spec.allow_failure and not parent.failed_child:
             parent.failed_child = task.task_id
@@ -467,18 +465,25 @@ class Projection:
                         del dependents[prerequisite_id]
         if task.parent_id:  # children (core/children.py): the parent no longer lists it
             parent = self.tasks.get(task.parent_id)
-            if parent is not None:
-                parent.children.remove(task_id)
-                self.child_keys.pop((parent.task_id, task.spec.child_key), None)
-                if self.unsaved_finished is not None and parent.state in TERMINAL_STATES:
-                    self.unsaved_finished.append(parent)  # a finished task changed: rewrite its row
-        if task.children:  # its children's keys go with it (they keep naming their parent)
+            if parent is None or task_id not in parent.children:
+                raise CorruptProjection(f"task {task_id!r} names parent {task.parent_id!r}, which does not list it")
+            parent.children.remove(task_id)
+            self.child_keys.pop((parent.task_id, task.spec.child_key), None)
+            if self.unsaved_finished is not None and parent.state in TERMINAL_STATES:
+                self.unsaved_finished.append(parent)  # a finished task changed: rewrite its row
+        if task.children:
+            # Its children's keys go with it, and its children are unlinked: a task submitted
+            # later under the same id is not their parent (their spec still names the old one).
             child_keys = self.child_keys
             tasks = self.tasks
+            unsaved = self.unsaved_finished
             for child_id in task.children:
                 child = tasks.get(child_id)
                 if child is not None:
                     child_keys.pop((task_id, child.spec.child_key), None)
+                    child.parent_id = ""
+                    if unsaved is not None and child.state in TERMINAL_STATES:
+                        unsaved.append(child)  # a finished task changed: rewrite its row
         if self.forgotten_ordinals is not None:
             self.forgotten_ordinals.append(task.ordinal)
 

@@ -7,6 +7,9 @@ replay applies (Projection.forget), so replay never re-decides.
 
 Invariants:
 - Only finished tasks are named, each at most once per record.
+- A parent with an unfinished child (detached ones included) is kept, and so is a child while its
+  parent has not finished; forgetting a parent unlinks its (finished) children (Projection.forget),
+  so a task submitted later under the parent's id never adopts them.
 - A task with an unfinished dependent is kept (its output travels in the dependent's lease) and
   looked at again later; it is forgotten once every dependent has finished.
 - The work per call is bounded (`limit` entries looked at), so a backlog (retention lowered at a
@@ -48,6 +51,15 @@ def has_unfinished_parent(projection: Projection, task) -> bool:
     return parent is not None and parent.state not in TERMINAL_STATES
 
 
+def has_unfinished_child(projection: Projection, task) -> bool:
+    """A parent is kept while any child (detached ones too) has not finished: the child's
+    outcome still reaches it, and the parent's id must not be reused under a live child."""
+    if not task.children:
+        return False
+    tasks = projection.tasks
+    return any(tasks[c].state not in TERMINAL_STATES for c in task.children)
+
+
 def due_forgets(projection: Projection, now_ms: int, retention_ms: int,
                 limit: int = MAX_VISITS_PER_STEP) -> tuple[list[str], bool]:
     """Ids of the finished tasks whose retention has passed (popped from `projection.expiry`),
@@ -73,7 +85,8 @@ def due_forgets(projection: Projection, now_ms: int, retention_ms: int,
         if task.updated_ms + retention_ms > now_ms:
             break
         expiry.popleft()
-        if has_unfinished_dependent(projection, task_id) or has_unfinished_parent(projection, task):
+        if (has_unfinished_dependent(projection, task_id) or has_unfinished_parent(projection, task)
+                or has_unfinished_child(projection, task)):
             kept.append(task_id)  # looked at again once the entries before it are done
         else:
             due.append(task_id)

@@ -87,7 +87,7 @@ def task_to_proto(task: TaskRecord, holds_key: bool = False, msg: TaskSnapshot |
         msg.holds_key = True
     if task.parent_id:
         msg.parent_id = task.parent_id
-        msg.depth = task.depth
+    msg.depth = task.depth  # kept by a child unlinked from its forgotten parent
     if task.children:
         msg.children.extend(task.children)
         msg.unfinished_children = task.unfinished_children
@@ -129,7 +129,7 @@ def task_from_proto(msg: TaskSnapshot) -> TaskRecord:
     task.ready_key = msg.ready_key
     if msg.parent_id:
         task.parent_id = msg.parent_id
-        task.depth = msg.depth
+    task.depth = msg.depth
     if msg.children:
         task.children = list(msg.children)
         task.unfinished_children = msg.unfinished_children
@@ -209,7 +209,7 @@ def task_from_row(row: bytes) -> TaskRecord:
     task.ready_key = ready_key
     if parent_id:
         task.parent_id = parent_id
-        task.depth = depth
+    task.depth = depth
     if children:
         task.children = list(children)
         task.unfinished_children = unfinished_children
@@ -294,8 +294,10 @@ def load(projection: Projection, head: snapshot_pb2.SnapshotHead, finished: Iter
             idempotency[key] = task.task_id
     projection.by_ordinal.load(everything)
     child_keys = projection.child_keys
-    for task in everything:  # children whose parent is still known (both are, or neither key is)
-        if task.parent_id and task.parent_id in tasks:
+    for task in everything:  # a linked child's parent is known (forgetting a parent unlinks its children)
+        if task.parent_id:
+            if task.parent_id not in tasks:
+                raise SnapshotMismatch(f"snapshot {head.seq}: task {task.task_id!r} names unknown parent {task.parent_id!r}")
             child_keys[(task.parent_id, task.spec.child_key)] = task.task_id
     if head.schedules:
         projection.schedules = {s.spec.schedule_id: _copy_schedule(s) for s in head.schedules}

@@ -37,8 +37,8 @@ def task_view(task: TaskRecord) -> task_pb2.Task:
         view.unfinished_prerequisites = task.unfinished_prerequisites
     if task.error is not None:
         view.error.CopyFrom(task.error)
-    if task.parent_id:
-        view.parent_task_id = task.parent_id
+    if task.depth:  # a child (its spec names the parent even once the parent was forgotten)
+        view.parent_task_id = task.spec.parent_task_id
         view.depth = task.depth
     if task.children:
         view.children = len(task.children)

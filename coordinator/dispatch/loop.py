@@ -364,14 +364,23 @@ class DispatchLoop:
         if is_terminal(state):
             dependents = self.projection.dependents
             if dependents and task_id in dependents:
+                # Each dependent the cascade ends has its own tree consequences (its parent may
+                # wait for it); the cascade itself carries the dependency chain on (iteratively).
                 graph.cascade(self.projection, task_id, step.now_ms,
-                              lambda r, tid: self._emit_one(r, tid, step))
+                              lambda r, tid: self._emit_cascaded(r, tid, step))
             if task.parent_id or task.children or self._child_waits:
                 self._after_tree_member_ended(task, step)
         elif state == WAITING_FOR_CHILDREN:
             ending = children.resolve(self.projection, task)  # e.g. a child had failed already
             if ending is not None:
                 self._emit(ending, task_id, step)
+
+    def _emit_cascaded(self, record: wal_pb2.WalRecord, task_id: str, step: Step) -> None:
+        """A record of a dependency cascade (graph.cascade walks the chain itself)."""
+        self._emit_one(record, task_id, step)
+        task = self.projection.tasks[task_id]
+        if is_terminal(task.state) and (task.parent_id or task.children or self._child_waits):
+            self._after_tree_member_ended(task, step)
 
     def _after_tree_member_ended(self, task, step: Step) -> None:
         """A task in a tree ended: tell handlers waiting for it, cancel the children of a parent
@@ -416,6 +425,24 @@ class DispatchLoop:
         self._emit(record, task_id, step)
         self.fleet.release(task_id)
         step.ended.append(task_id)
+        if self._child_waits:
+            self._drop_child_waits_of(task_id, record.attempt_ended.fencing_token)
+
+    def _drop_child_waits_of(self, task_id: str, fencing_token: int) -> None:
+        """An attempt ended: the waits its handler had for its children are moot."""
+        task = self.projection.tasks.get(task_id)
+        if task is None or not task.children:
+            return
+        waits = self._child_waits
+        for child_id in task.children:
+            entries = waits.get(child_id)
+            if not entries:
+                continue
+            kept = [w for w in entries if not (w[1].task_id == task_id and w[1].fencing_token == fencing_token)]
+            if kept:
+                waits[child_id] = kept
+            else:
+                del waits[child_id]
 
     def _push_cancel(self, task_id: str, attempt: int, token: int, reason: int, message: str, step: Step) -> None:
         # Every RUNNING attempt has a lease in the fleet (granted, or restored after a restart).
@@ -573,18 +600,25 @@ class DispatchLoop:
         if is_terminal(task.state):
             raise FailedPrecondition(f"task {cmd.task_id!r} is already {State(task.state).name}; nothing to cancel")
         reason = cmd.reason or "canceled by request"
-        if task.children:  # the whole subtree, detached children too, running ones included
-            self._cancel_descendants(task.task_id, True, f"ancestor {task.task_id} canceled: {reason}", step)
+        subtree_reason = f"ancestor {task.task_id} canceled: {reason}"
         if task.state == State.RUNNING:
-            if not task.cancel_requested:
+            # Descendants first: the parent stays RUNNING (cancel requested) until its actor
+            # reports, so a child's cancel cannot end it in the meantime.
+            if task.children:  # the whole subtree, detached children too, running ones included
+                self._cancel_descendants(task.task_id, True, subtree_reason, step)
+            if task.state == State.RUNNING and not task.cancel_requested:
                 self._emit(wal_pb2.WalRecord(cancel_requested=wal_pb2.CancelRequested(
                     task_id=task.task_id, reason=reason)), task.task_id, step)
                 a = task.current_attempt
                 self._push_cancel(task.task_id, a.number, a.fencing_token, CANCEL_REQUESTED, reason, step)
         else:
+            # The task itself first: cancelling a WAITING_FOR_CHILDREN parent's children first
+            # would end it FAILED (child_failed) before its own CANCELED could be written.
             self._emit(wal_pb2.WalRecord(task_state_changed=wal_pb2.TaskStateChanged(
                 task_id=task.task_id, state=State.CANCELED, reason=reason,
                 error=task_pb2.TaskError(message=reason, kind="canceled"))), task.task_id, step)
+            if task.children:  # what its ending did not reach: detached children's subtrees
+                self._cancel_descendants(task.task_id, True, subtree_reason, step)
         step.replies.append((cmd.reply, _Deferred(lambda: task_view(task))))
 
     def _on_watch(self, cmd: C.WatchTask, step: Step) -> None:
@@ -850,15 +884,24 @@ class DispatchLoop:
     def _apply_key_policy(self, task, step: Step) -> None:
         """A keyed newcomer's policy (core/admission.py): CANCEL_IN_PROGRESS cancels the earlier
         tasks with its key (pushing the cancel to running ones' actors); DROP_NEW ends it."""
+        tasks = self.projection.tasks
         for record in admission_mod.on_submitted(self.projection, task):
+            # Decided before any was applied: an earlier one may have ended this task already
+            # (a canceled parent cancels its children), so each is checked as it is written.
             if record.HasField("cancel_requested"):
                 task_id = record.cancel_requested.task_id
+                other = tasks[task_id]
+                if other.state != State.RUNNING or other.cancel_requested:
+                    continue
                 self._emit(record, task_id, step)
                 a = self.projection.tasks[task_id].current_attempt
                 self._push_cancel(task_id, a.number, a.fencing_token, CANCEL_REQUESTED,
                                   record.cancel_requested.reason, step)
             else:
-                self._emit(record, record.task_state_changed.task_id, step)
+                task_id = record.task_state_changed.task_id
+                if is_terminal(tasks[task_id].state):
+                    continue
+                self._emit(record, task_id, step)
 
     def _grant(self, step: Step) -> None:
         admission = self.admission

@@ -55,7 +55,7 @@ async def connect(loop: DispatchLoop, actor_id: str = "a1", slots: int = 4) -> A
 
 
 async def submit(loop: DispatchLoop, n: int = 1, **spec_fields) -> list[str]:
-    specs = [task_pb2.TaskSpec(type="t", **spec_fields) for _ in range(n)]
+    specs = [task_pb2.TaskSpec(**{"type": "t", **spec_fields}) for _ in range(n)]
     fields = [f"tasks[{i}]" for i in range(n)]
     for spec, field in zip(specs, fields):
         normalize_spec(spec, field, SpecLimits(), loop.now_ms())

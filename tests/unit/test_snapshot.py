@@ -291,9 +291,11 @@ def test_empty_ready_queue_keys_are_dropped() -> None:
         assert sim.projection.ready_queues == {} and sim.projection.ready_count == 0
 
 
-def children_history() -> list[wal_pb2.WalRecord]:
+def children_history(reuse_parent: bool = False) -> list[wal_pb2.WalRecord]:
     """Parents waiting for children, a failed child failing its parent, a detached child, a
-    running child canceled with its parent, a total timeout, a schedule, and forgotten children."""
+    running child canceled with its parent, a total timeout, a schedule, and forgotten children;
+    with `reuse_parent`, then a parent forgotten before two of its children, a new task under
+    its id, and one of the old children forgotten after that."""
     from corral.v1 import schedule_pb2
 
     from .test_core_children import TreeSim
@@ -335,6 +337,13 @@ def children_history() -> list[wal_pb2.WalRecord]:
         sim.ok("pd")
     with sim.step(sim.now + 10):
         sim.emit(wal_pb2.WalRecord(tasks_forgotten=wal_pb2.TasksForgotten(task_ids=["pa", "qa", "z"])))
+    if reuse_parent:
+        with sim.step(sim.now + 10):
+            sim.emit(wal_pb2.WalRecord(tasks_forgotten=wal_pb2.TasksForgotten(task_ids=["p"])))
+        with sim.step(sim.now + 10):
+            sim.submit("p")
+        with sim.step(sim.now + 10):
+            sim.emit(wal_pb2.WalRecord(tasks_forgotten=wal_pb2.TasksForgotten(task_ids=["pb"])))
     return sim.all_records_with_seq()
 
 
@@ -344,4 +353,13 @@ def test_snapshot_after_any_prefix_of_a_children_and_schedules_history_equals_re
     assert full.tasks["p"].state == State.SUCCEEDED and full.tasks["q"].state == State.FAILED
     assert full.tasks["r"].cancel_requested and "z" not in full.tasks and "s1" in full.schedules
     assert ("p", "b") in full.child_keys and ("p", "a") not in full.child_keys
+    check_every_cut(records)
+
+
+def test_a_forgotten_parent_unlinks_its_children_and_a_new_task_with_its_id_adopts_none() -> None:
+    records = children_history(reuse_parent=True)
+    full = replay(records)
+    assert full.tasks["p"].state == State.READY and not full.tasks["p"].children
+    assert full.tasks["pd"].parent_id == "" and full.tasks["pd"].spec.parent_task_id == "p"
+    assert "pb" not in full.tasks and not [k for k in full.child_keys if k[0] == "p"]
     check_every_cut(records)
