@@ -256,13 +256,15 @@ def test_max_actors_and_max_streams_per_peer_give_resource_exhausted(make_cluste
     cluster = make_cluster(coordinator_flags=("--max-actors", "1", "--max-streams-per-peer", "2"))
     cluster.start_coordinator()
     first = RawActor(cluster.target, "x1")
-    second = RawActor(cluster.target, "x2")
+    second = None
     try:
-        first.welcome()
+        first.welcome()  # the second connects only once the first holds the one place
+        second = RawActor(cluster.target, "x2")
         assert ended_with(second) == Code.RESOURCE_EXHAUSTED
     finally:
         first.close()
-        second.close()
+        if second is not None:
+            second.close()
 
     task_ids = [cluster.submit("nobody-runs-this") for _ in range(3)]
     streams = []
