@@ -370,6 +370,8 @@ class ActorSession:
         level = logging.WARNING if state.attempt_number in (1, 10) or \
             state.attempt_number % 100 == 0 else logging.DEBUG
         unexpected = exc is not None and not isinstance(exc, _EXPECTED_FAILURES)
+        if self._draining and not self._running and not self._unacked:
+            level = logging.DEBUG  # stopping with nothing to report: the stream is not needed
         if unexpected:
             level = logging.ERROR
         log.log(level, "actor %s: cannot connect to %s (attempt %d): %s; retrying in %.2fs",
