@@ -4,6 +4,7 @@
     corral actor --coordinator HOST:PORT --app MODULE [--slots N]  run an actor process
     corral submit|get|cancel|watch|list|status ...                 talk to a coordinator
     corral pause|resume|drain|events ...                           operate it (pause dispatch, drain, task events)
+    corral schedule create|get|list|pause|resume|delete ...        cron and interval schedules
 
 Client commands print for people by default and JSON with --json; their exit codes and the one-line
 error format are in `cli_output.py` (EXIT_CODES_HELP, shown by `corral --help`).

@@ -1,10 +1,10 @@
-"""`corral submit|get|cancel|list|watch|status|pause|resume|drain|events`: the command-line client.
+"""`corral submit|get|cancel|list|watch|status|pause|resume|drain|events|schedule`: the command-line client.
 
 Owns: turning command-line arguments into TaskService/AdminService calls and printing the
 answers — for people by default (tables, summaries, a live view; plain when stdout is not a
 terminal), as JSON with `--json` (the protobuf JSON mapping, as grpcurl prints it, and nothing
 else on stdout). What is printed and the exit codes live in `cli_output.py`; `watch` in
-`cli_watch.py`.
+`cli_watch.py`; `schedule ...` in `cli_schedules.py`.
 
 Invariants: a user mistake or a refused call prints one line on stderr,
 `corral: error: CODE: message`, and exits with the code of `cli_output.exit_code_for` — never a
@@ -30,6 +30,7 @@ from corral.v1 import admin_service_pb2, admin_service_pb2_grpc, task_pb2, task_
 
 from . import cli_output as out
 from .cli_output import UsageError
+from .cli_schedules import add_schedule_commands
 from .cli_watch import StreamEnded, WatchSet, follow
 
 DEFAULT_TARGET = "127.0.0.1:7070"
@@ -129,6 +130,7 @@ def add_client_commands(sub: argparse._SubParsersAction, epilog: str = "") -> No
     p = common(sub.add_parser("status", help="cluster status: dispatch, actors and slots, tasks by state, queues"))
     p.set_defaults(run=cmd_status)
     add_operation_commands(sub, common)
+    add_schedule_commands(sub, common, _read_input, _labels)
 
 
 def _read_input(args: argparse.Namespace) -> Any:

@@ -359,3 +359,56 @@ def test_watch_children_follows_a_parent_and_its_children_until_all_are_terminal
     assert len(ok(proc).splitlines()) == 4 and proc.stderr.strip() == "corral: 4 tasks: 4 succeeded"
     table = ok(corral("list", "--parent", parent, *at(cluster)))
     assert {row.split()[0] for row in table.splitlines()[2:]} == child_ids
+
+
+# ---- schedules -----------------------------------------------------------------------------------
+
+def test_schedule_commands_create_list_get_pause_resume_delete(cli):
+    from .harness import wait_for
+
+    created = ok_json(corral("schedule", "create", "cli-tick", "echo", '{"tick": true}', "--every", "1s",
+                             "--misfire", "skip", "--label", "from=cli", "--json", *at(cli)))
+    assert created["created"] is True
+    assert created["schedule"]["spec"]["interval"] == "1s"
+    assert created["schedule"]["spec"]["misfirePolicy"] == "MISFIRE_POLICY_SKIP"
+    again = ok(corral("schedule", "create", "cli-tick", "echo", '{"tick": true}', "--every", "1s",
+                      "--misfire", "skip", "--label", "from=cli", *at(cli)))
+    assert again.startswith("Already exists (same spec): schedule cli-tick; next occurrence ")
+
+    def first_task():
+        return ok_json(corral("schedule", "get", "cli-tick", "--json", *at(cli))).get("lastTaskId")
+    task_id = wait_for(first_task, 20, "the schedule's first task")
+    assert task_id.startswith("cli-tick:")
+    task = cli.wait_state(task_id, timeout_s=10)
+    assert task.state == S.TASK_STATE_SUCCEEDED and task.spec.labels["from"] == "cli"
+    assert json_format.MessageToDict(task.output) == {"tick": True}
+
+    table = ok(corral("schedule", "list", *at(cli)))
+    [row] = [line for line in table.splitlines() if line.startswith("cli-tick ")]
+    assert "every 1.0s" in row and "echo" in row and "ACTIVE" in row, table
+
+    paused = ok(corral("schedule", "pause", "cli-tick", "--reason", "quiet hours", *at(cli)))
+    assert paused.startswith("Paused schedule cli-tick")
+    summary = ok(corral("schedule", "get", "cli-tick", *at(cli)))
+    assert "PAUSED (quiet hours)" in summary and "Tasks created" in summary, summary
+    resumed = ok_json(corral("schedule", "resume", "cli-tick", "--json", *at(cli)))
+    assert resumed["state"] == "SCHEDULE_STATE_ACTIVE"
+
+    assert ok(corral("schedule", "delete", "cli-tick", *at(cli))).startswith("Deleted schedule cli-tick")
+    gone = corral("schedule", "get", "cli-tick", *at(cli))
+    assert gone.returncode == 3
+    assert_one_error_line(gone, "corral: error: NOT_FOUND: ")
+    assert cli.get(task_id).state == S.TASK_STATE_SUCCEEDED  # its tasks stay
+
+
+def test_schedule_create_mistakes_are_one_line_with_the_exit_code(cli):
+    bad_zone = corral("schedule", "create", "bad", "echo", "--cron", "0 3 * * *", "--time-zone", "Mars/Olympus",
+                      *at(cli))
+    assert bad_zone.returncode == 3
+    assert "schedule.cron.time_zone" in assert_one_error_line(bad_zone, "corral: error: INVALID_ARGUMENT: ")
+    bad_every = corral("schedule", "create", "bad", "echo", "--every", "soon", *at(cli))
+    assert bad_every.returncode == 2
+    assert "--every 'soon'" in assert_one_error_line(bad_every, "corral: error: USAGE: ")
+    both = corral("schedule", "create", "bad", "echo", "--every", "1s", "--cron", "* * * * *", *at(cli))
+    assert both.returncode == 2
+    assert_one_error_line(both, "corral: error: USAGE: ")
