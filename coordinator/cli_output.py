@@ -193,7 +193,7 @@ def shorten(text: str, limit: int) -> str:
 def plain_table(title: str = "") -> Table:
     """A plain table: a header line and a rule, no borders (reads well piped into grep/awk too)."""
     return Table(box=box.SIMPLE, show_edge=False, pad_edge=False, title=title or None, title_justify="left",
-                 title_style="bold")
+                 title_style="bold", min_width=len(title) or None)  # a narrow table never wraps its title
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -352,7 +352,7 @@ def dispatch_line(status: admin_service_pb2.GetClusterStatusResponse) -> Text:
 
 
 def status_view(status: admin_service_pb2.GetClusterStatusResponse, now_ms: int) -> RenderableType:
-    """`corral status`: dispatch state, actors (slots used/total), tasks by state, queue per type."""
+    """`corral status`: dispatch state, actors (slots used/total), schedules, tasks by state, queue per type."""
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
@@ -364,6 +364,7 @@ def status_view(status: admin_service_pb2.GetClusterStatusResponse, now_ms: int)
     head.add_row("WAL", f"last seq {status.wal.last_seq}, {status.wal.commits} commits; "
                         f"highest fencing token {status.highest_fencing_token}")
     head.add_row("Event streams", str(status.event_subscribers))
+    head.add_row("Schedules", schedules_line(status.schedules))
     parts: list[RenderableType] = [head]
 
     actors = plain_table("Actors")
@@ -390,6 +391,19 @@ def status_view(status: admin_service_pb2.GetClusterStatusResponse, now_ms: int)
 
     parts += [Text(""), queue_table(status.queue_depths)]
     return Group(*parts)
+
+
+def schedules_line(counts: admin_service_pb2.ScheduleCounts) -> str:
+    """'3 active, 1 paused; next occurrence 2026-...' (GetClusterStatus.schedules)."""
+    parts = [f"{counts.active} active"]
+    if counts.paused:
+        parts.append(f"{counts.paused} paused")
+    if counts.completed:
+        parts.append(f"{counts.completed} completed")
+    line = ", ".join(parts)
+    if counts.HasField("next_occurrence"):
+        line += f"; next occurrence {fmt_time(ts_ms(counts.next_occurrence))}"
+    return line
 
 
 def queue_table(depths) -> RenderableType:

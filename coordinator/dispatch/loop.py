@@ -660,6 +660,7 @@ class DispatchLoop:
             resp.queue_depths.add(task_type=task_type, ready=ready)
         resp.wal.last_seq = self.wal.last_seq
         resp.wal.commits = self.wal.commits
+        schedule_ops.fill_status(self.projection.schedule_book, resp.schedules)
         operations.fill_status(self, resp)
         return resp
 

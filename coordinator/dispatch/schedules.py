@@ -1,7 +1,8 @@
 """Schedules in the dispatch loop: the command handlers of the schedule RPCs, and firing.
 
 Owns: the loop's handlers for TaskService Create/Get/List/Pause/Resume/DeleteSchedule (registered
-in DispatchLoop._handlers, called inside a step like every handler) and `fire_due`, which the
+in DispatchLoop._handlers, called inside a step like every handler), the schedules part of
+GetClusterStatus (`fill_status`), and `fire_due`, which the
 loop calls in every step after its timers (not while draining) for the schedules whose next
 occurrence is due (the loop's sleep includes the earliest one: `next_due_ms`).
 
@@ -28,12 +29,14 @@ from corral.v1 import schedule_pb2, wal_pb2
 
 from ..core import schedules as S
 from ..core.admission import queued_tasks
-from ..core.durations import to_ms
+from ..core.durations import set_ms, to_ms
 from ..core.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
-from ..core.schedule_book import ACTIVE, COMPLETED, PAUSED
+from ..core.schedule_book import ACTIVE, COMPLETED, PAUSED, ScheduleBook
 from . import commands as C
 
 if TYPE_CHECKING:
+    from corral.v1 import admin_service_pb2
+
     from .loop import DispatchLoop, Step
 
 log = logging.getLogger("corral.dispatch")
@@ -53,6 +56,21 @@ def _schedule(loop: "DispatchLoop", schedule_id: str) -> schedule_pb2.Schedule:
     if schedule is None:
         raise NotFound(f"schedule {schedule_id!r} not found")
     return schedule
+
+
+def fill_status(book: ScheduleBook, counts: "admin_service_pb2.ScheduleCounts") -> None:
+    """GetClusterStatus.schedules: schedules by state (a walk of at most MAX_SCHEDULES) and the
+    earliest next occurrence of an active one."""
+    for schedule in book.schedules.values():
+        if schedule.state == ACTIVE:
+            counts.active += 1
+        elif schedule.state == PAUSED:
+            counts.paused += 1
+        elif schedule.state == COMPLETED:
+            counts.completed += 1
+    next_ms = book.next_due_ms()
+    if next_ms is not None:
+        set_ms(counts.next_occurrence, next_ms)
 
 
 # ---- firing ----------------------------------------------------------------------------------

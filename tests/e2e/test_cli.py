@@ -168,6 +168,8 @@ def test_list_prints_a_table_and_json_with_filters_limit_and_paging(cli):
 
 
 def test_status_prints_actor_slots_and_task_counts_and_json(cli):
+    done = cli.wait_state(cli.submit("echo", {"for": "status"}), timeout_s=10)  # at least one SUCCEEDED
+    assert done.state == S.TASK_STATE_SUCCEEDED
     text = ok(corral("status", *at(cli)))
     assert "Dispatch       running" in text
     [actor] = [line.split() for line in text.splitlines() if line.startswith("cli-actor")]
@@ -387,8 +389,11 @@ def test_schedule_commands_create_list_get_pause_resume_delete(cli):
     [row] = [line for line in table.splitlines() if line.startswith("cli-tick ")]
     assert "every 1.0s" in row and "echo" in row and "ACTIVE" in row, table
 
+    schedules = ok_json(corral("status", "--json", *at(cli)))["schedules"]
+    assert schedules["active"] == "1" and "nextOccurrence" in schedules, schedules  # int64: a JSON string
     paused = ok(corral("schedule", "pause", "cli-tick", "--reason", "quiet hours", *at(cli)))
     assert paused.startswith("Paused schedule cli-tick")
+    assert "Schedules      0 active, 1 paused" in ok(corral("status", *at(cli)))
     summary = ok(corral("schedule", "get", "cli-tick", *at(cli)))
     assert "PAUSED (quiet hours)" in summary and "Tasks created" in summary, summary
     resumed = ok_json(corral("schedule", "resume", "cli-tick", "--json", *at(cli)))

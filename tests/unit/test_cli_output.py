@@ -203,6 +203,18 @@ def test_status_view_shows_dispatch_actors_slots_states_and_queues():
     assert "DRAINING (upgrade)" in render(out.status_view(draining, NOW))
 
 
+def test_schedules_line_counts_by_state_and_names_the_next_occurrence():
+    counts = admin_service_pb2.ScheduleCounts()
+    assert out.schedules_line(counts) == "0 active"
+    counts.active, counts.paused, counts.completed = 3, 1, 2
+    counts.next_occurrence.FromMilliseconds(NOW)
+    line = out.schedules_line(counts)
+    assert line.startswith("3 active, 1 paused, 2 completed; next occurrence ")
+    assert line.endswith(out.fmt_time(NOW))
+    status = admin_service_pb2.GetClusterStatusResponse(schedules=counts)
+    assert line in render(out.status_view(status, NOW))
+
+
 def test_operation_lines():
     assert out.pause_line(admin_service_pb2.PauseResponse(changed=True, running_attempts=2)) == \
         "Dispatch paused: no new leases; 2 running attempts continue."

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from corral.v1 import task_pb2 as corral_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63orral/v1/admin_service.proto\x12\tcorral.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x63orral/v1/task.proto\"\x19\n\x17GetClusterStatusRequest\"@\n\nStateCount\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xba\x01\n\x0b\x41\x63torStatus\x12-\n\x08identity\x18\x01 \x01(\x0b\x32\x1b.corral.v1.ExecutorIdentity\x12\x12\n\nfree_slots\x18\x02 \x01(\x05\x12\x13\n\x0bleases_held\x18\x03 \x01(\x05\x12\x30\n\x0c\x63onnected_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\x12\x0f\n\x07suspect\x18\x06 \x01(\x08\"0\n\x0bWalPosition\x12\x10\n\x08last_seq\x18\x01 \x01(\x04\x12\x0f\n\x07\x63ommits\x18\x02 \x01(\x04\"\xe3\x02\n\x18GetClusterStatusResponse\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12-\n\x0etasks_by_state\x18\x02 \x03(\x0b\x32\x15.corral.v1.StateCount\x12&\n\x06\x61\x63tors\x18\x03 \x03(\x0b\x32\x16.corral.v1.ActorStatus\x12#\n\x03wal\x18\x04 \x01(\x0b\x32\x16.corral.v1.WalPosition\x12\x1d\n\x15highest_fencing_token\x18\x05 \x01(\x03\x12\x0e\n\x06paused\x18\x06 \x01(\x08\x12\x14\n\x0cpause_reason\x18\x07 \x01(\t\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\x12\x14\n\x0c\x64rain_reason\x18\t \x01(\t\x12\x19\n\x11\x65vent_subscribers\x18\n \x01(\x05\x12+\n\x0cqueue_depths\x18\x0b \x03(\x0b\x32\x15.corral.v1.QueueDepth\".\n\nQueueDepth\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x03\"\x13\n\x11ListActorsRequest\"<\n\x12ListActorsResponse\x12&\n\x06\x61\x63tors\x18\x01 \x03(\x0b\x32\x16.corral.v1.ActorStatus\"\x1e\n\x0cPauseRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\":\n\rPauseResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\x12\x18\n\x10running_attempts\x18\x02 \x01(\x03\"\x1f\n\rResumeRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"3\n\x0eResumeResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\"\x1e\n\x0c\x44rainRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\":\n\rDrainResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\x12\x18\n\x10running_attempts\x18\x02 \x01(\x03\x32\xed\x02\n\x0c\x41\x64minService\x12[\n\x10GetClusterStatus\x12\".corral.v1.GetClusterStatusRequest\x1a#.corral.v1.GetClusterStatusResponse\x12I\n\nListActors\x12\x1c.corral.v1.ListActorsRequest\x1a\x1d.corral.v1.ListActorsResponse\x12:\n\x05Pause\x12\x17.corral.v1.PauseRequest\x1a\x18.corral.v1.PauseResponse\x12=\n\x06Resume\x12\x18.corral.v1.ResumeRequest\x1a\x19.corral.v1.ResumeResponse\x12:\n\x05\x44rain\x12\x17.corral.v1.DrainRequest\x1a\x18.corral.v1.DrainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63orral/v1/admin_service.proto\x12\tcorral.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x63orral/v1/task.proto\"\x19\n\x17GetClusterStatusRequest\"@\n\nStateCount\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xba\x01\n\x0b\x41\x63torStatus\x12-\n\x08identity\x18\x01 \x01(\x0b\x32\x1b.corral.v1.ExecutorIdentity\x12\x12\n\nfree_slots\x18\x02 \x01(\x05\x12\x13\n\x0bleases_held\x18\x03 \x01(\x05\x12\x30\n\x0c\x63onnected_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\x12\x0f\n\x07suspect\x18\x06 \x01(\x08\"0\n\x0bWalPosition\x12\x10\n\x08last_seq\x18\x01 \x01(\x04\x12\x0f\n\x07\x63ommits\x18\x02 \x01(\x04\"\x91\x03\n\x18GetClusterStatusResponse\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12-\n\x0etasks_by_state\x18\x02 \x03(\x0b\x32\x15.corral.v1.StateCount\x12&\n\x06\x61\x63tors\x18\x03 \x03(\x0b\x32\x16.corral.v1.ActorStatus\x12#\n\x03wal\x18\x04 \x01(\x0b\x32\x16.corral.v1.WalPosition\x12\x1d\n\x15highest_fencing_token\x18\x05 \x01(\x03\x12\x0e\n\x06paused\x18\x06 \x01(\x08\x12\x14\n\x0cpause_reason\x18\x07 \x01(\t\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\x12\x14\n\x0c\x64rain_reason\x18\t \x01(\t\x12\x19\n\x11\x65vent_subscribers\x18\n \x01(\x05\x12+\n\x0cqueue_depths\x18\x0b \x03(\x0b\x32\x15.corral.v1.QueueDepth\x12,\n\tschedules\x18\x0c \x01(\x0b\x32\x19.corral.v1.ScheduleCounts\"x\n\x0eScheduleCounts\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x03\x12\x0e\n\x06paused\x18\x02 \x01(\x03\x12\x11\n\tcompleted\x18\x03 \x01(\x03\x12\x33\n\x0fnext_occurrence\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\".\n\nQueueDepth\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x03\"\x13\n\x11ListActorsRequest\"<\n\x12ListActorsResponse\x12&\n\x06\x61\x63tors\x18\x01 \x03(\x0b\x32\x16.corral.v1.ActorStatus\"\x1e\n\x0cPauseRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\":\n\rPauseResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\x12\x18\n\x10running_attempts\x18\x02 \x01(\x03\"\x1f\n\rResumeRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"3\n\x0eResumeResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\"\x1e\n\x0c\x44rainRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\":\n\rDrainResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\x12\x18\n\x10running_attempts\x18\x02 \x01(\x03\x32\xed\x02\n\x0c\x41\x64minService\x12[\n\x10GetClusterStatus\x12\".corral.v1.GetClusterStatusRequest\x1a#.corral.v1.GetClusterStatusResponse\x12I\n\nListActors\x12\x1c.corral.v1.ListActorsRequest\x1a\x1d.corral.v1.ListActorsResponse\x12:\n\x05Pause\x12\x17.corral.v1.PauseRequest\x1a\x18.corral.v1.PauseResponse\x12=\n\x06Resume\x12\x18.corral.v1.ResumeRequest\x1a\x19.corral.v1.ResumeResponse\x12:\n\x05\x44rain\x12\x17.corral.v1.DrainRequest\x1a\x18.corral.v1.DrainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,25 +42,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WALPOSITION']._serialized_start=381
   _globals['_WALPOSITION']._serialized_end=429
   _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_start=432
-  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=787
-  _globals['_QUEUEDEPTH']._serialized_start=789
-  _globals['_QUEUEDEPTH']._serialized_end=835
-  _globals['_LISTACTORSREQUEST']._serialized_start=837
-  _globals['_LISTACTORSREQUEST']._serialized_end=856
-  _globals['_LISTACTORSRESPONSE']._serialized_start=858
-  _globals['_LISTACTORSRESPONSE']._serialized_end=918
-  _globals['_PAUSEREQUEST']._serialized_start=920
-  _globals['_PAUSEREQUEST']._serialized_end=950
-  _globals['_PAUSERESPONSE']._serialized_start=952
-  _globals['_PAUSERESPONSE']._serialized_end=1010
-  _globals['_RESUMEREQUEST']._serialized_start=1012
-  _globals['_RESUMEREQUEST']._serialized_end=1043
-  _globals['_RESUMERESPONSE']._serialized_start=1045
-  _globals['_RESUMERESPONSE']._serialized_end=1096
-  _globals['_DRAINREQUEST']._serialized_start=1098
-  _globals['_DRAINREQUEST']._serialized_end=1128
-  _globals['_DRAINRESPONSE']._serialized_start=1130
-  _globals['_DRAINRESPONSE']._serialized_end=1188
-  _globals['_ADMINSERVICE']._serialized_start=1191
-  _globals['_ADMINSERVICE']._serialized_end=1556
+  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=833
+  _globals['_SCHEDULECOUNTS']._serialized_start=835
+  _globals['_SCHEDULECOUNTS']._serialized_end=955
+  _globals['_QUEUEDEPTH']._serialized_start=957
+  _globals['_QUEUEDEPTH']._serialized_end=1003
+  _globals['_LISTACTORSREQUEST']._serialized_start=1005
+  _globals['_LISTACTORSREQUEST']._serialized_end=1024
+  _globals['_LISTACTORSRESPONSE']._serialized_start=1026
+  _globals['_LISTACTORSRESPONSE']._serialized_end=1086
+  _globals['_PAUSEREQUEST']._serialized_start=1088
+  _globals['_PAUSEREQUEST']._serialized_end=1118
+  _globals['_PAUSERESPONSE']._serialized_start=1120
+  _globals['_PAUSERESPONSE']._serialized_end=1178
+  _globals['_RESUMEREQUEST']._serialized_start=1180
+  _globals['_RESUMEREQUEST']._serialized_end=1211
+  _globals['_RESUMERESPONSE']._serialized_start=1213
+  _globals['_RESUMERESPONSE']._serialized_end=1264
+  _globals['_DRAINREQUEST']._serialized_start=1266
+  _globals['_DRAINREQUEST']._serialized_end=1296
+  _globals['_DRAINRESPONSE']._serialized_start=1298
+  _globals['_DRAINRESPONSE']._serialized_end=1356
+  _globals['_ADMINSERVICE']._serialized_start=1359
+  _globals['_ADMINSERVICE']._serialized_end=1724
 # @@protoc_insertion_point(module_scope)

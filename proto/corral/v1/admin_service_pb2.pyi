@@ -47,7 +47,7 @@ class WalPosition(_message.Message):
     def __init__(self, last_seq: _Optional[int] = ..., commits: _Optional[int] = ...) -> None: ...
 
 class GetClusterStatusResponse(_message.Message):
-    __slots__ = ("coordinator_id", "tasks_by_state", "actors", "wal", "highest_fencing_token", "paused", "pause_reason", "draining", "drain_reason", "event_subscribers", "queue_depths")
+    __slots__ = ("coordinator_id", "tasks_by_state", "actors", "wal", "highest_fencing_token", "paused", "pause_reason", "draining", "drain_reason", "event_subscribers", "queue_depths", "schedules")
     COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
     TASKS_BY_STATE_FIELD_NUMBER: _ClassVar[int]
     ACTORS_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class GetClusterStatusResponse(_message.Message):
     DRAIN_REASON_FIELD_NUMBER: _ClassVar[int]
     EVENT_SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTHS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
     coordinator_id: str
     tasks_by_state: _containers.RepeatedCompositeFieldContainer[StateCount]
     actors: _containers.RepeatedCompositeFieldContainer[ActorStatus]
@@ -70,7 +71,20 @@ class GetClusterStatusResponse(_message.Message):
     drain_reason: str
     event_subscribers: int
     queue_depths: _containers.RepeatedCompositeFieldContainer[QueueDepth]
-    def __init__(self, coordinator_id: _Optional[str] = ..., tasks_by_state: _Optional[_Iterable[_Union[StateCount, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorStatus, _Mapping]]] = ..., wal: _Optional[_Union[WalPosition, _Mapping]] = ..., highest_fencing_token: _Optional[int] = ..., paused: _Optional[bool] = ..., pause_reason: _Optional[str] = ..., draining: _Optional[bool] = ..., drain_reason: _Optional[str] = ..., event_subscribers: _Optional[int] = ..., queue_depths: _Optional[_Iterable[_Union[QueueDepth, _Mapping]]] = ...) -> None: ...
+    schedules: ScheduleCounts
+    def __init__(self, coordinator_id: _Optional[str] = ..., tasks_by_state: _Optional[_Iterable[_Union[StateCount, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorStatus, _Mapping]]] = ..., wal: _Optional[_Union[WalPosition, _Mapping]] = ..., highest_fencing_token: _Optional[int] = ..., paused: _Optional[bool] = ..., pause_reason: _Optional[str] = ..., draining: _Optional[bool] = ..., drain_reason: _Optional[str] = ..., event_subscribers: _Optional[int] = ..., queue_depths: _Optional[_Iterable[_Union[QueueDepth, _Mapping]]] = ..., schedules: _Optional[_Union[ScheduleCounts, _Mapping]] = ...) -> None: ...
+
+class ScheduleCounts(_message.Message):
+    __slots__ = ("active", "paused", "completed", "next_occurrence")
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_OCCURRENCE_FIELD_NUMBER: _ClassVar[int]
+    active: int
+    paused: int
+    completed: int
+    next_occurrence: _timestamp_pb2.Timestamp
+    def __init__(self, active: _Optional[int] = ..., paused: _Optional[int] = ..., completed: _Optional[int] = ..., next_occurrence: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class QueueDepth(_message.Message):
     __slots__ = ("task_type", "ready")
