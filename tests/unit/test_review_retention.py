@@ -1,0 +1,97 @@
+"""Review findings on retention and snapshots, on a real dispatch loop in process (real
+projection and LMDB WAL, no gRPC), driven step by step with an injected wall clock."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from corral.v1 import task_pb2
+from coordinator.coordinator import replay
+from coordinator.core.fleet import Fleet
+from coordinator.core.projection import Projection
+from coordinator.core.spec import SpecLimits, normalize_spec
+from coordinator.core.states import State
+from coordinator.dispatch import commands as C
+from coordinator.dispatch.loop import DispatchLoop
+from coordinator.storage.wal import WriteAheadLog
+
+pytestmark = pytest.mark.timeout(30)
+T0 = 1_700_000_000_000
+
+
+class Clock:
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> float:
+        return self.ms / 1000
+
+
+class Harness:
+    """A loop over a WAL in `path` (retention on); `call`/`step` each run one step at the clock's time."""
+
+    def __init__(self, path: Path, clock: Clock, retention_ms: int, **kwargs) -> None:
+        self.path = path
+        self.wal = WriteAheadLog(path, sync=False)
+        self.projection = Projection(track_expiry=True)
+        replay(self.wal, self.projection, truncate_corrupt=False)
+        self.clock = clock
+        self.loop = DispatchLoop(self.wal, self.projection, Fleet(lease_ttl_ms=60_000), coordinator_id="unit",
+                                 heartbeat_interval_ms=20_000, clock=clock, retention_ms=retention_ms, **kwargs)
+
+    async def call(self, make):
+        future = asyncio.get_running_loop().create_future()
+        await self.loop._step([make(future)])
+        return future.result()
+
+    async def step(self, at_ms: int | None = None) -> None:
+        if at_ms is not None:
+            self.clock.ms = at_ms
+        await self.loop._step([])
+
+    async def submit(self, task_id: str, **fields) -> tuple[str, bool, int]:
+        spec = task_pb2.TaskSpec(task_id=task_id, type=fields.pop("type", "t"), **fields)
+        normalize_spec(spec, "task", SpecLimits(), self.clock.ms)
+        [result] = await self.call(lambda f: C.SubmitTasks([spec], ["task"], f))
+        return result
+
+    def close(self) -> None:
+        self.wal.close()
+
+
+def replayed(path: Path) -> Projection:
+    wal = WriteAheadLog(path, sync=False)
+    try:
+        projection = Projection(track_expiry=True)
+        replay(wal, projection, truncate_corrupt=False)
+        return projection
+    finally:
+        wal.close()
+
+
+def test_forgetting_a_dependent_after_its_forgotten_prerequisites_id_was_reused(tmp_path):
+    """P is forgotten before its (finished) dependent D; a new task takes P's id and gets a
+    dependent of its own; forgetting D then must not touch the new P's edges."""
+    async def go():
+        h = Harness(tmp_path, Clock(T0), retention_ms=1_000)
+        await h.submit("P", type="nobody")
+        await h.call(lambda f: C.CancelTask("P", "stop", f))  # P ends at T0
+        h.clock.ms = T0 + 500
+        _, _, state = await h.submit("D", depends_on=["P"])  # canceled at once: P was canceled
+        assert state == State.CANCELED
+        await h.step(T0 + 1_000)  # P is due, D not yet: P alone is forgotten
+        assert "P" not in h.projection.tasks and "D" in h.projection.tasks
+        await h.submit("P", type="nobody")  # the id is free again
+        await h.submit("D2", depends_on=["P"])
+        assert h.projection.dependents == {"P": ["D2"]}
+        await h.step(T0 + 2_000)  # D is due (and the next sweep)
+        assert h.loop.fatal_error is None
+        assert "D" not in h.projection.tasks
+        assert h.projection.dependents == {"P": ["D2"]}
+        fingerprint = h.projection.fingerprint()
+        h.close()
+        assert replayed(tmp_path).fingerprint() == fingerprint
+
+    asyncio.run(go())
