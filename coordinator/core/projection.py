@@ -459,7 +459,9 @@ class Projection:
             dependents.pop(task_id, None)
             for prerequisite_id in task.prerequisites:
                 edges = dependents.get(prerequisite_id)
-                if edges is not None:
+                # A prerequisite forgotten before this task took its edges with it; its id may
+                # since name a new task, whose edges are not this task's.
+                if edges is not None and task_id in edges:
                     edges.remove(task_id)
                     if not edges:
                         del dependents[prerequisite_id]
