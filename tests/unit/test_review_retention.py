@@ -95,3 +95,81 @@ def test_forgetting_a_dependent_after_its_forgotten_prerequisites_id_was_reused(
         assert replayed(tmp_path).fingerprint() == fingerprint
 
     asyncio.run(go())
+
+
+def test_a_forgotten_tasks_schedule_to_start_timer_does_not_fail_a_new_task_with_its_id(tmp_path):
+    """X (schedule-to-start 60 s) is canceled and forgotten; a new X without that timeout is READY
+    when the old X's timer comes due: the timer was the old task's, not the new one's."""
+    async def go():
+        h = Harness(tmp_path, Clock(T0), retention_ms=1_000)
+        s2s = task_pb2.TaskSpec()
+        s2s.schedule_to_start_timeout.FromMilliseconds(60_000)
+        await h.submit("X", type="nobody", schedule_to_start_timeout=s2s.schedule_to_start_timeout)
+        await h.call(lambda f: C.CancelTask("X", "stop", f))
+        await h.step(T0 + 1_000)
+        assert "X" not in h.projection.tasks
+        await h.submit("X", type="nobody")  # no schedule-to-start timeout
+        await h.step(T0 + 60_000)  # the old X's timer is due
+        assert h.projection.tasks["X"].state == State.READY, h.projection.tasks["X"].state_reason
+        h.close()
+
+    asyncio.run(go())
+
+
+def test_a_forgotten_tasks_total_timeout_timer_does_not_fail_a_new_task_with_its_id(tmp_path):
+    async def go():
+        h = Harness(tmp_path, Clock(T0), retention_ms=1_000)
+        s2c = task_pb2.TaskSpec()
+        s2c.schedule_to_close_timeout.FromMilliseconds(60_000)
+        await h.submit("X", type="nobody", schedule_to_close_timeout=s2c.schedule_to_close_timeout)
+        await h.call(lambda f: C.CancelTask("X", "stop", f))
+        await h.step(T0 + 1_000)
+        assert "X" not in h.projection.tasks
+        await h.submit("X", type="nobody")  # no total timeout
+        await h.step(T0 + 60_000)  # the old X's close timer is due
+        assert h.projection.tasks["X"].state == State.READY, h.projection.tasks["X"].state_reason
+        h.close()
+
+    asyncio.run(go())
+
+
+def test_a_forgotten_tasks_attempt_deadline_timer_does_not_end_a_new_tasks_attempt(tmp_path):
+    """X's attempt 1 (timeout 60 s) succeeds at once, X is forgotten; a new X's attempt 1 (timeout
+    1 h) is running when the old attempt's deadline timer comes due."""
+    from corral.v1 import actor_service_pb2
+    from coordinator.dispatch.actor_link import ActorLink
+
+    def leases(link):
+        out = []
+        while not link.queue.empty():
+            out.extend(link.queue.get_nowait().leases)
+        return out
+
+    async def go():
+        h = Harness(tmp_path, Clock(T0), retention_ms=1_000)
+        link = ActorLink()
+        hello = actor_service_pb2.Hello(identity=task_pb2.ExecutorIdentity(
+            actor_id="a1", incarnation="1", task_types=["t"], slots=1))
+        await h.call(lambda f: C.ActorHello(link, hello, f))
+        short = task_pb2.TaskSpec()
+        short.execution_timeout.FromMilliseconds(60_000)
+        await h.submit("X", execution_timeout=short.execution_timeout)
+        [lease] = leases(link)
+        request = actor_service_pb2.ConnectRequest()
+        request.results.add(lease=lease.ref, outcome=task_pb2.ATTEMPT_OUTCOME_SUCCEEDED)
+        await h.loop._step([C.ActorUpdate(link, request)])
+        assert h.projection.tasks["X"].state == State.SUCCEEDED
+        await h.step(T0 + 1_000)
+        assert "X" not in h.projection.tasks
+        long = task_pb2.TaskSpec()
+        long.execution_timeout.FromMilliseconds(3_600_000)
+        await h.submit("X", execution_timeout=long.execution_timeout)
+        [lease] = leases(link)
+        assert lease.ref.attempt == 1
+        # Heartbeats keep the lease alive (liveness is on the monotonic clock, not moved here).
+        await h.step(T0 + 70_000)  # past the old attempt's deadline + grace
+        task = h.projection.tasks["X"]
+        assert task.state == State.RUNNING, task.state_reason
+        h.close()
+
+    asyncio.run(go())
