@@ -173,3 +173,43 @@ def test_a_forgotten_tasks_attempt_deadline_timer_does_not_end_a_new_tasks_attem
         h.close()
 
     asyncio.run(go())
+
+
+def test_schedule_to_start_after_a_declared_dependency_is_the_same_live_and_after_a_restart(tmp_path):
+    """X (schedule-to-start 10 s) is READY, then made to wait for P (DeclareDependency); its timer
+    comes due while it waits; P succeeds and X is READY again, past its limit. The live loop and a
+    coordinator restarted from the same WAL (timers rebuilt by replay) must decide the same."""
+    from corral.v1 import actor_service_pb2
+    from coordinator.dispatch.actor_link import ActorLink
+
+    async def go():
+        h = Harness(tmp_path, Clock(T0), retention_ms=0)
+        link = ActorLink()
+        hello = actor_service_pb2.Hello(identity=task_pb2.ExecutorIdentity(
+            actor_id="a1", incarnation="1", task_types=["p"], slots=1))
+        await h.call(lambda f: C.ActorHello(link, hello, f))
+        s2s = task_pb2.TaskSpec()
+        s2s.schedule_to_start_timeout.FromMilliseconds(10_000)
+        await h.submit("X", type="x", schedule_to_start_timeout=s2s.schedule_to_start_timeout)
+        await h.submit("P", type="p")
+        leases = []
+        while not link.queue.empty():
+            leases.extend(link.queue.get_nowait().leases)
+        [lease] = leases
+        await h.call(lambda f: C.DeclareDependency("X", ["P"], f))
+        assert h.projection.tasks["X"].state == State.WAITING_FOR_DEPENDENCIES
+        await h.step(T0 + 10_000)  # X's timer is due while it waits
+        h.clock.ms = T0 + 11_000
+        request = actor_service_pb2.ConnectRequest()
+        request.results.add(lease=lease.ref, outcome=task_pb2.ATTEMPT_OUTCOME_SUCCEEDED)
+        await h.loop._step([C.ActorUpdate(link, request)])
+        assert h.projection.tasks["X"].state == State.READY
+        await h.step(T0 + 12_000)
+        live = h.projection.tasks["X"].state
+        h.close()
+        restarted = Harness(tmp_path, Clock(T0 + 12_000), retention_ms=0)
+        await restarted.step()
+        assert restarted.projection.tasks["X"].state == live
+        restarted.close()
+
+    asyncio.run(go())
