@@ -159,9 +159,12 @@ def timer_record(projection: Projection, kind: int, task_id: str, attempt: int, 
                     return dropped
             return wal_pb2.WalRecord(task_state_changed=wal_pb2.TaskStateChanged(task_id=task_id, state=State.READY))
         return None
+    # Timers are keyed by task id: one left behind by a forgotten task (retention) may meet a new
+    # task submitted under its id, so each also checks that its own time has come for this task.
     if kind == TIMER_SCHEDULE_TO_START:
-        if state == State.READY and not task.started_once:
-            limit = task.schedule_to_start_ms
+        limit = task.schedule_to_start_ms
+        if (state == State.READY and not task.started_once and limit
+                and task.eligible_since_ms + limit <= now_ms):
             reason = f"schedule-to-start timeout: not started within {limit} ms"
             return wal_pb2.WalRecord(task_state_changed=wal_pb2.TaskStateChanged(
                 task_id=task_id, state=State.FAILED, reason=reason,
@@ -169,14 +172,15 @@ def timer_record(projection: Projection, kind: int, task_id: str, attempt: int, 
         return None
     if kind == TIMER_ATTEMPT_DEADLINE:
         current = task.current_attempt
-        if state == State.RUNNING and current is not None and current.number == attempt:
+        if (state == State.RUNNING and current is not None and current.number == attempt
+                and current.deadline_ms + projection.deadline_grace_ms <= now_ms):
             error = task_pb2.TaskError(
                 message=f"attempt {attempt} exceeded its execution timeout of {task.execution_timeout_ms} ms",
                 kind="timeout")
             return end_attempt(task, O_TIMED_OUT, error, now_ms, draw, reason="execution timeout")
         return None
     if kind == TIMER_CLOSE:
-        if is_terminal(state) or task.close_at_ms > now_ms:
+        if is_terminal(state) or not task.close_at_ms or task.close_at_ms > now_ms:
             return None
         reason = f"schedule-to-close timeout: not finished by its total deadline ({to_ms(task.spec.schedule_to_close_timeout)} ms)"
         error = task_pb2.TaskError(message=reason, kind="schedule_to_close_timeout", non_retryable=True)

@@ -194,10 +194,15 @@ class Projection:
         queue is ever rescanned. Without aging: -priority. FIFO (ready_order) breaks ties."""
         self._ready_order += 1
         task.ready_order = self._ready_order
-        if not task.started_once and task.eligible_since_ms == 0:
-            task.eligible_since_ms = now_ms
+        if not task.started_once:
+            if task.eligible_since_ms == 0:
+                task.eligible_since_ms = now_ms
             if task.schedule_to_start_ms:
-                self._add_timer(now_ms + task.schedule_to_start_ms, TIMER_SCHEDULE_TO_START, task.task_id, 0)
+                # Armed again whenever it is READY again before its first attempt (out of
+                # WAITING_FOR_DEPENDENCIES): a timer that came due meanwhile was dropped, while a
+                # restart rebuilds it from eligible_since_ms; both must decide the same.
+                self._add_timer(task.eligible_since_ms + task.schedule_to_start_ms, TIMER_SCHEDULE_TO_START,
+                                task.task_id, 0)
         aging = self.priority_aging_ms
         key = task.ready_key = now_ms - task.priority * aging if aging else -task.priority
         return (key, task.ready_order, task.task_id)
@@ -459,7 +464,9 @@ class Projection:
             dependents.pop(task_id, None)
             for prerequisite_id in task.prerequisites:
                 edges = dependents.get(prerequisite_id)
-                if edges is not None:
+                # A prerequisite forgotten before this task took its edges with it; its id may
+                # since name a new task, whose edges are not this task's.
+                if edges is not None and task_id in edges:
                     edges.remove(task_id)
                     if not edges:
                         del dependents[prerequisite_id]

@@ -197,9 +197,13 @@ def on_resume(loop: "DispatchLoop", cmd: C.ResumeSchedule, step: "Step") -> None
     if schedule.state == PAUSED:
         # From now on; never an occurrence at or before the last one handled.
         after = max(step.now_ms - 1, to_ms(schedule.last_occurrence))
+        try:
+            next_ms = S.next_after(S.timing_of(schedule), schedule.spec, after) or 0
+        except S.TIMING_ERRORS as exc:  # e.g. paused by fire() for a zone this machine lacks
+            raise FailedPrecondition(f"schedule {cmd.schedule_id!r}: its timing cannot be evaluated here: {exc}") from None
         record = wal_pb2.WalRecord()
         record.schedule_resumed.schedule_id = cmd.schedule_id
-        record.schedule_resumed.next_occurrence_unix_ms = S.next_after(S.timing_of(schedule), schedule.spec, after) or 0
+        record.schedule_resumed.next_occurrence_unix_ms = next_ms
         loop._emit(record, "", step)
     step.replies.append((cmd.reply, _copy(schedule)))
 
