@@ -1,5 +1,6 @@
-"""Review findings on schedules, on a real dispatch loop in process (real projection and LMDB
-WAL, no gRPC), driven step by step with an injected clock (harness of test_dispatch_schedules)."""
+"""Schedule edge cases on a real dispatch loop in process (real projection and LMDB WAL, no gRPC),
+driven step by step with an injected clock (harness of test_dispatch_schedules): resuming a
+schedule whose timing cannot be evaluated here, and an occurrence after retention forgot its task."""
 from __future__ import annotations
 
 from collections import deque

@@ -1,5 +1,7 @@
-"""Review findings on retention and snapshots, on a real dispatch loop in process (real
-projection and LMDB WAL, no gRPC), driven step by step with an injected wall clock."""
+"""Timers and ids reused after retention forgot a task, on a real dispatch loop in process (real
+projection and LMDB WAL, no gRPC), driven step by step with an injected wall clock: a forgotten
+task's edges and timers never act on a new task under its id, and schedule-to-start decides the
+same live and after a restart."""
 from __future__ import annotations
 
 import asyncio
