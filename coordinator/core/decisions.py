@@ -192,6 +192,7 @@ def timer_record(projection: Projection, kind: int, task_id: str, attempt: int, 
             ended = record.attempt_ended
             ended.next_state = State.FAILED
             ended.ClearField("ready_at_unix_ms")
+            ended.error.CopyFrom(error)  # end_attempt puts a "canceled" error on a task being canceled
             return record
         return wal_pb2.WalRecord(task_state_changed=wal_pb2.TaskStateChanged(
             task_id=task_id, state=State.FAILED, reason=reason, error=error))
