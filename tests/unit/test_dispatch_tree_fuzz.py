@@ -264,8 +264,8 @@ class History:
             lease = rng.choice(live)
         task_id = lease.ref.task_id
         if outcome is None:
-            if (task_id, lease.ref.fencing_token) in self.actor.cancel_requested and rng.random() < 0.8:
-                outcome = CANCELED  # the handler saw its cancel
+            if (task_id, lease.ref.fencing_token) in self.actor.cancel_requested and rng.random() < 0.6:
+                outcome = CANCELED  # the handler saw its cancel (else it returns as if it had not)
             else:
                 outcome = rng.choice((SUCCEEDED, SUCCEEDED, SUCCEEDED, FAILED, FAILED, CANCELED))
         request = actor_service_pb2.ConnectRequest()
@@ -285,7 +285,10 @@ class History:
         return self.rng.choice(sorted(self.tasks)) if self.tasks else None
 
     async def cancel(self) -> None:
-        task_id = self.pick_task(lambda t: not finished(t))
+        if self.rng.random() < 0.5:  # most orderings are around parents: prefer them
+            task_id = self.pick_task(lambda t: not finished(t) and t.children)
+        else:
+            task_id = self.pick_task(lambda t: not finished(t))
         if task_id is None:
             return
         try:
@@ -433,6 +436,12 @@ class History:
                     assert finished(descendant) or (descendant.state == State.RUNNING and descendant.cancel_requested), \
                         f"{descendant.task_id} is {State(descendant.state).name} under {tid} " \
                         f"({State(task.state).name})"
+            # A task canceled by request ends CANCELED, unless its handler returned success first
+            # with nothing to wait for, or its total timeout came first.
+            if tid in self.explicitly_canceled and finished(task):
+                timed_out = task.error is not None and task.error.kind == "schedule_to_close_timeout"
+                assert task.state in (State.CANCELED, State.SUCCEEDED) or task.state == State.FAILED and timed_out, \
+                    f"{tid} was canceled and ended {State(task.state).name} ({task.state_reason}, {task.error})"
             # Attempts and leases.
             if task.state == State.RUNNING:
                 lease = leases.get(tid)
