@@ -179,12 +179,10 @@ class History:
             fields.update(self.keyed_fields())
         if rng.random() < 0.3:
             fields["depends_on"] = self.prerequisites_for(self.roots, 2)
-        if rng.random() < 0.1:
-            fields["not_before"] = None  # set below (a Timestamp)
-        not_before = fields.pop("not_before", False)
+        delayed = rng.random() < 0.1
         spec = task_pb2.TaskSpec(**fields)
         self.limits(spec)
-        if not_before is None:
+        if delayed:
             spec.not_before.FromMilliseconds(self.loop.now_ms() + rng.randint(500, 5_000))
         return spec
 
