@@ -82,8 +82,15 @@ def end_attempt(task: TaskRecord, outcome: int, error: task_pb2.TaskError | None
         if error is None or outcome != O_CANCELED:
             error = task_pb2.TaskError(message=task.cancel_reason or "canceled by request", kind="canceled")
     elif outcome == O_SUCCEEDED:
-        # A parent whose children have not all finished waits for them (core/children.py).
+        # A parent whose children have not all finished waits for them (core/children.py) -
+        # unless its cancel was requested: that cancel reached (or, ending it, reaches) its
+        # children, so waiting could only end it FAILED by its own cancel. The handler's success
+        # wins only when there is nothing left to wait for, as for a task without children.
         next_state = success_state(task) if task.children else State.SUCCEEDED
+        if next_state == State.WAITING_FOR_CHILDREN and task.cancel_requested:
+            next_state = State.CANCELED
+            reason = reason or (f"canceled: {task.cancel_reason}" if task.cancel_reason else "canceled by request")
+            error = task_pb2.TaskError(message=task.cancel_reason or "canceled by request", kind="canceled")
     elif outcome == O_HANDED_BACK:
         next_state = State.READY  # never ran: counts against no limit
     elif outcome == O_LOST or outcome == O_CANCELED:
@@ -189,6 +196,7 @@ def timer_record(projection: Projection, kind: int, task_id: str, attempt: int, 
             ended = record.attempt_ended
             ended.next_state = State.FAILED
             ended.ClearField("ready_at_unix_ms")
+            ended.error.CopyFrom(error)  # end_attempt puts a "canceled" error on a task being canceled
             return record
         return wal_pb2.WalRecord(task_state_changed=wal_pb2.TaskStateChanged(
             task_id=task_id, state=State.FAILED, reason=reason, error=error))

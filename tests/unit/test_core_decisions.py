@@ -13,10 +13,11 @@ from google.protobuf import duration_pb2
 from corral.v1 import task_pb2, wal_pb2
 from coordinator.core import decisions
 from coordinator.core.backoff import BackoffPolicy, retry_delay_ms
-from coordinator.core.projection import TIMER_ATTEMPT_DEADLINE, TIMER_PROMOTE, TIMER_SCHEDULE_TO_START
+from coordinator.core.projection import TIMER_ATTEMPT_DEADLINE, TIMER_CLOSE, TIMER_PROMOTE, TIMER_SCHEDULE_TO_START
+from coordinator.core.spec import SpecLimits, normalize_spec
 from coordinator.core.states import State
 
-from .core_fixtures import GRACE_MS, LEASE_TTL_MS, T0, Sim, const_draw, identity, json_value
+from .core_fixtures import GRACE_MS, LEASE_TTL_MS, T0, Sim, const_draw, identity, json_value, spec
 
 O = task_pb2
 A1 = ("a1", "i1")
@@ -450,6 +451,24 @@ def test_attempt_deadline_is_void_once_the_attempt_ended() -> None:
     assert timer(sim, TIMER_ATTEMPT_DEADLINE, "t1", T0 + 10**6, attempt=1) is None
     with sim.step(T0 + 10**6):
         assert sim.fire_timers() == []
+
+
+def test_a_total_timeout_fails_a_running_task_with_its_own_error_even_if_a_cancel_was_requested() -> None:
+    s = spec(normalize=False)
+    s.schedule_to_close_timeout.FromMilliseconds(10_000)
+    normalize_spec(s, "task", SpecLimits(), T0)
+    sim = Sim()
+    with sim.step(T0):
+        sim.connect(identity("a1", "i1"))
+        sim.submit("t1", s)
+        sim.grant_to("t1", A1)
+    with sim.step(T0 + 5):
+        sim.cancel("t1", "user asked")
+    ended = timer(sim, TIMER_CLOSE, "t1", T0 + 10_000).attempt_ended
+    # FAILED by the timeout, so its error says so (not a "canceled" error on a FAILED task).
+    assert ended.next_state == State.FAILED and ended.outcome == O.ATTEMPT_OUTCOME_TIMED_OUT
+    assert (ended.error.kind, ended.error.non_retryable) == ("schedule_to_close_timeout", True)
+    assert ended.reason.startswith("schedule-to-close timeout")
 
 
 def test_unknown_timer_kind_is_void() -> None:

@@ -223,3 +223,41 @@ def test_retention_keeps_a_parent_while_a_child_lives_and_a_reused_id_adopts_not
         assert_replays_to(tmp_path, fingerprint, track_expiry=True)
 
     asyncio.run(go())
+
+
+def test_a_canceled_running_parent_whose_handler_returns_success_ends_canceled(tmp_path):
+    async def go():
+        async with running_loop(tmp_path) as loop:
+            actor = Actor(loop, await connect(loop))
+            [parent] = await submit(loop, task_id="p")
+            child = await actor.child(parent, "c", 1, type="never-granted")
+            view = await loop.call(lambda f: C.CancelTask(parent, "stop", f))
+            assert view.state == State.RUNNING  # until its actor reports
+            assert (await state_of(loop, child)) == State.CANCELED
+            # The handler returns before it saw the cancel: its child was canceled by that cancel,
+            # so the parent cannot wait for it; it ends CANCELED, not FAILED by its own cancel.
+            await actor.report(parent)
+            view = await ended(loop, parent)
+            assert view.state == State.CANCELED and view.error.kind == "canceled", view
+            fingerprint = loop.projection.fingerprint()
+        assert_replays_to(tmp_path, fingerprint)
+
+    asyncio.run(go())
+
+
+def test_a_running_task_superseded_by_its_key_whose_handler_returns_success_does_not_wait_for_children(tmp_path):
+    async def go():
+        async with running_loop(tmp_path) as loop:
+            actor = Actor(loop, await connect(loop))
+            keyed = dict(concurrency_key="k", concurrency_limit=5)
+            [parent] = await submit(loop, task_id="p", **keyed)
+            child = await actor.child(parent, "c", 1, type="never-granted")
+            await submit(loop, type="never-granted", concurrency_policy=CIP, **keyed)
+            assert loop.projection.tasks[parent].cancel_requested
+            await actor.report(parent)  # raced its cancel
+            assert (await ended(loop, parent)).state == State.CANCELED
+            assert (await state_of(loop, child)) == State.CANCELED  # its ending canceled its subtree
+            fingerprint = loop.projection.fingerprint()
+        assert_replays_to(tmp_path, fingerprint)
+
+    asyncio.run(go())
