@@ -10,8 +10,7 @@ Owns the pure decisions about parent/child trees:
   allowed to;
 - when a waiting parent finishes (`resolve`): SUCCEEDED with its handler's output once every
   non-detached child is terminal, FAILED as soon as a child that may not fail ended FAILED or
-  CANCELED (error kind "child_failed", naming the child) -- or CANCELED instead when the parent
-  itself was asked to cancel while its handler ran (that cancel is what reached the children);
+  CANCELED (error kind "child_failed", naming the child);
 - which descendants a cancel reaches (`descendants`): an explicit cancel reaches the whole subtree
   (detached children too); a parent that ends FAILED or CANCELED by itself cancels its
   non-detached descendants (detached children outlive their parent).
@@ -72,13 +71,6 @@ def resolve(projection: Projection, parent: TaskRecord) -> wal_pb2.WalRecord | N
     if parent.state != WAITING_FOR_CHILDREN:
         return None
     if parent.failed_child:
-        if parent.cancel_requested:
-            # Canceled while its handler ran, and the handler returned anyway: the cancel that
-            # reached its children is what failed them, so the parent ends CANCELED, not FAILED.
-            reason = f"canceled: {parent.cancel_reason}" if parent.cancel_reason else "canceled by request"
-            return wal_pb2.WalRecord(task_state_changed=wal_pb2.TaskStateChanged(
-                task_id=parent.task_id, state=CANCELED, reason=reason,
-                error=task_pb2.TaskError(message=parent.cancel_reason or "canceled by request", kind="canceled")))
         child = projection.tasks.get(parent.failed_child)
         what = State(child.state).name if child is not None else "FAILED"
         detail = f": {child.error.message}" if child is not None and child.error is not None else ""

@@ -112,25 +112,6 @@ def test_cancel_of_a_parent_waiting_for_children_ends_it_canceled_with_its_subtr
     asyncio.run(go())
 
 
-def test_a_running_parent_canceled_whose_handler_returns_anyway_ends_canceled(tmp_path):
-    async def go():
-        async with running_loop(tmp_path) as loop:
-            actor = Actor(loop, await connect(loop))
-            [parent] = await submit(loop, task_id="p")
-            child = await actor.child(parent, "c", 1, type="never-granted")
-            view = await loop.call(lambda f: C.CancelTask(parent, "stop", f))
-            assert view.state == State.RUNNING  # until its actor reports
-            assert (await state_of(loop, child)) == State.CANCELED
-            await actor.report(parent)  # success races the cancel; the canceled child decides
-            view = await ended(loop, parent)
-            assert view.state == State.CANCELED and view.error.kind == "canceled", view
-            assert "stop" in view.state_reason
-            fingerprint = loop.projection.fingerprint()
-        assert_replays_to(tmp_path, fingerprint)
-
-    asyncio.run(go())
-
-
 def test_cancel_in_progress_over_a_parent_and_its_child_with_the_same_key(tmp_path):
     async def go():
         async with running_loop(tmp_path) as loop:
