@@ -52,7 +52,7 @@ from .durations import to_ms
 from .model import AttemptRecord, TaskRecord
 from .ordinal_index import OrdinalIndex
 from .schedule_book import BadScheduleRecord, ScheduleBook
-from .states import (READY, SUCCEEDED, TERMINAL_STATES, WAITING, WAITING_FOR_CHILDREN, State, check_transition,
+from .states import (_ALLOWED, READY, SUCCEEDED, TERMINAL_STATES, WAITING, WAITING_FOR_CHILDREN, State, check_transition,
                      is_terminal)
 # Durable timer kinds.
 TIMER_PROMOTE = 1          # SCHEDULED / RETRY_WAIT -> READY at ready_at_ms
@@ -156,7 +156,9 @@ class Projection:
 
     def _set_state(self, task: TaskRecord, state: int, now_ms: int) -> None:
         previous = task.state
-        check_transition(task.task_id, previous, state)
+        allowed = _ALLOWED.get(previous)  # = check_transition, inlined (three times per task)
+        if allowed is None or state not in allowed:
+            check_transition(task.task_id, previous, state)  # raises IllegalTransition
         counts = self.state_counts
         counts[previous] -= 1
         counts[state] += 1
@@ -273,7 +275,9 @@ class Projection:
         self.submitted_count += 1
         task.ordinal = self.submitted_count
         self.tasks[ev.task_id] = task
-        self.by_ordinal.add(task)
+        by_ordinal = self.by_ordinal  # = OrdinalIndex.add, inlined: ordinals only grow here
+        by_ordinal.ordinals.append(task.ordinal)
+        by_ordinal.tasks.append(task)
         self.state_counts[State.SCHEDULED] += 1
         if spec.idempotency_key:
             self.idempotency[spec.idempotency_key] = ev.task_id

@@ -44,7 +44,7 @@ from ..core.errors import AlreadyExists, CorralError, FailedPrecondition, NotFou
 from ..core.fleet import ConnectedActor, Fleet
 from ..core.projection import TIMER_ATTEMPT_DEADLINE, Projection
 from ..core.spec import spec_fingerprint
-from ..core.states import SUCCEEDED, WAITING_FOR_CHILDREN, State, is_terminal
+from ..core.states import SUCCEEDED, TERMINAL_STATES, WAITING_FOR_CHILDREN, State, is_terminal
 from ..core.views import task_view
 from ..storage.wal import HIGHEST_TOKEN_KEY, WriteAheadLog
 from . import commands as C
@@ -353,15 +353,19 @@ class DispatchLoop:
     # ---- emitting records --------------------------------------------------------------------
 
     def _emit(self, record: wal_pb2.WalRecord, task_id: str, step: Step) -> None:
-        self._emit_one(record, task_id, step)
+        projection = self.projection
+        projection.apply(record, step.now_ms)  # = _emit_one, inlined (three times per task)
+        step.records.append(record)
+        task = projection.tasks.get(task_id)
+        if task_id in self._watchers:
+            step.watched_views.append((task_id, task_view(task)))
         # Every path that ends a task emits its record here, so what follows from an ending
         # happens at once, in this step: dependents' promotions / cascading cancels (task graphs,
         # core/graph.py), and the parent/children consequences (core/children.py).
-        task = self.projection.tasks.get(task_id)
         if task is None:
             return
         state = task.state
-        if is_terminal(state):
+        if state in TERMINAL_STATES:
             dependents = self.projection.dependents
             if dependents and task_id in dependents:
                 # Each dependent the cascade ends has its own tree consequences (its parent may
