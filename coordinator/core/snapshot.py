@@ -153,9 +153,10 @@ def _error_bytes(error) -> bytes | None:
 
 def finished_row(task: TaskRecord) -> bytes:
     """The serialized row of a finished task (see `task_from_row`)."""
-    attempts = tuple((a.number, a.fencing_token, a.actor_id, a.actor_incarnation, a.started_ms, a.deadline_ms,
-                      a.ended_ms, a.outcome, None if a.error is None else a.error.SerializeToString())
-                     for a in task.attempts)
+    # A list (not tuple(generator): no generator per row); rows read back either.
+    attempts = [(a.number, a.fencing_token, a.actor_id, a.actor_incarnation, a.started_ms, a.deadline_ms,
+                 a.ended_ms, a.outcome, None if a.error is None else a.error.SerializeToString())
+                for a in task.attempts]
     result = task.result
     return _ROW_PREFIX + pickle.dumps((
         task.task_id, task.spec.SerializeToString(), task.state, task.created_ms, task.updated_ms,
