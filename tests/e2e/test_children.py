@@ -172,16 +172,26 @@ def test_child_depending_on_an_ancestor_it_holds_up_is_refused(cluster):
         # Detached: the parent does not wait for it, so depending on the parent is no cycle.
         request.child_submissions.add(parent=lease.ref, request_id=3, task=S.TaskSpec(
             type="double", child_key="k3", detached=True, depends_on=[parent_id]))
+        # Accepted without prerequisites; DeclareDependency must not add the same cycle later.
+        request.child_submissions.add(parent=lease.ref, request_id=4, task=S.TaskSpec(
+            type="double", child_key="k4", allow_failure=True))
         raw.send(request)
 
         def answers():
             got = {a.request_id: a for r in raw.responses for a in r.child_submitted}
-            return got if len(got) == 3 else None
-        got = raw.wait(lambda rs: answers(), "three child answers")
+            return got if len(got) == 4 else None
+        got = raw.wait(lambda rs: answers(), "four child answers")
         for i in (1, 2):
             assert got[i].code == grpc.StatusCode.INVALID_ARGUMENT.value[0], got[i]
             assert "depends_on[0]" in got[i].message and "cycle" in got[i].message, got[i].message
         assert got[3].code == 0 and got[3].created, got[3]
+        assert got[4].code == 0 and got[4].created, got[4]
+        with pytest.raises(grpc.RpcError) as e:
+            cluster.tasks.DeclareDependency(task_service_pb2.DeclareDependencyRequest(
+                task_id=got[4].task_id, depends_on=["cyc-other"]), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details().startswith("depends_on[0]: would make a cycle"), e.value.details()
+        cluster.tasks.CancelTask(task_service_pb2.CancelTaskRequest(task_id=got[4].task_id), timeout=10)
         raw.report(lease.ref, S.ATTEMPT_OUTCOME_SUCCEEDED, output={"done": True})
         assert raw.ack_for(lease.ref).accepted
     # With only the detached child, the parent is not held up; its dependent child then runs.
