@@ -25,6 +25,7 @@ from __future__ import annotations
 from corral.v1 import actor_service_pb2, task_pb2, wal_pb2
 
 from .errors import FailedPrecondition
+from .graph import ancestor_cycle
 from .model import TaskRecord
 from .projection import Projection
 from .states import CANCELED, FAILED, RUNNING, SUCCEEDED, WAITING_FOR_CHILDREN, State, is_terminal
@@ -37,7 +38,8 @@ def check_submission(projection: Projection, parent: TaskRecord, spec: task_pb2.
                      max_depth: int) -> str | None:
     """A child submission from `parent`'s current attempt (already fenced): the existing child's
     id when the parent has a child with this key, None when a new child may be written.
-    Raises FailedPrecondition naming the reason otherwise."""
+    Raises FailedPrecondition naming the reason otherwise, InvalidField for prerequisites that are
+    (or depend on) an ancestor waiting for the child (graph.ancestor_cycle)."""
     existing = projection.child_keys.get((parent.task_id, spec.child_key))
     if existing is not None:
         return existing
@@ -48,6 +50,8 @@ def check_submission(projection: Projection, parent: TaskRecord, spec: task_pb2.
         raise FailedPrecondition(
             f"task.child_key {spec.child_key!r}: a child of task {parent.task_id!r} would be at depth {depth}, "
             f"over the maximum task depth of {max_depth} (--max-task-depth)")
+    if spec.depends_on:
+        ancestor_cycle(projection, parent.task_id, spec.detached, spec.depends_on, "task.depends_on")
     return None
 
 

@@ -148,6 +148,8 @@ def check_declare(projection: Projection, task_id: str, depends_on: Sequence[str
         prerequisite_id, path = cycle
         raise InvalidField(f"depends_on[{positions[prerequisite_id]}]",
                            f"would make a cycle: {' -> '.join([task_id, *path])} (each depends on the next)")
+    if task.parent_id:  # a child: the ancestors waiting for it must not be among its prerequisites
+        ancestor_cycle(projection, task.parent_id, task.spec.detached, depends_on, "depends_on")
     return new
 
 
@@ -179,6 +181,36 @@ def find_cycle(projection: Projection, task_id: str, new_prerequisites: Iterable
             else:
                 stack.pop()
     return None
+
+
+def waiting_ancestors(projection: Projection, parent_id: str, detached: bool) -> list[str]:
+    """The ancestors a task with this parent holds up, nearest first: a parent waits
+    (WAITING_FOR_CHILDREN) for its non-detached children, so its parent unless the task is
+    detached, then that parent's parent unless the parent is detached, and so on."""
+    tasks = projection.tasks
+    ancestors: list[str] = []
+    while parent_id and not detached:
+        parent = tasks.get(parent_id)
+        if parent is None or is_terminal(parent.state):
+            break
+        ancestors.append(parent_id)
+        parent_id, detached = parent.parent_id, parent.spec.detached
+    return ancestors
+
+
+def ancestor_cycle(projection: Projection, parent_id: str, detached: bool, depends_on: Sequence[str],
+                   field: str) -> None:
+    """Refuse (InvalidField `field[j]`) prerequisites of a task under `parent_id` that are, or
+    transitively depend on, an ancestor waiting for that task: the ancestor would wait for the
+    task and the task for the ancestor, forever. Prerequisite edges alone (find_cycle) miss it."""
+    for ancestor_id in waiting_ancestors(projection, parent_id, detached):
+        found = find_cycle(projection, ancestor_id, depends_on)
+        if found is not None:
+            prerequisite_id, path = found
+            raise InvalidField(f"{field}[{list(depends_on).index(prerequisite_id)}]",
+                               f"would make a cycle: the task depends on {' -> '.join(path)} (each depends on "
+                               f"the next), and {ancestor_id!r} waits for it to finish (it is a non-detached "
+                               f"descendant)")
 
 
 # ---- submission ------------------------------------------------------------------------------

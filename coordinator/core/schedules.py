@@ -31,14 +31,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-# What evaluating a stored timing may raise (an unknown zone, an expression a library version refuses).
-TIMING_ERRORS = (CronSimError, ZoneInfoNotFoundError, ValueError)
+# What evaluating a stored timing may raise (an unknown zone, an expression a library version refuses,
+# a time past what datetime holds: year 9999).
+TIMING_ERRORS = (CronSimError, ZoneInfoNotFoundError, ValueError, OverflowError)
 
 from corral.v1 import schedule_pb2, task_pb2
 
 from .durations import set_ms, to_ms
 from .errors import InvalidField
-from .spec import SpecLimits, normalize_spec
+from .spec import MAX_NANOS, SpecLimits, normalize_spec
 
 SCHEDULE_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{1,100}$")
 MIN_INTERVAL_MS = 1_000
@@ -48,6 +49,8 @@ MAX_TASKS_PER_FIRING = 1_000
 # Occurrences one firing looks at; past that the rest are skipped without counting each.
 MAX_SCAN_PER_FIRING = 100_000
 MAX_EXPRESSION_CHARS = 256
+# The end of google.protobuf.Timestamp's range (and of datetime's): 9999-12-31T23:59:59Z.
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
 DEFAULT_TIME_ZONE = "UTC"
 
 RUN_ALL = schedule_pb2.MISFIRE_POLICY_RUN_ALL
@@ -249,6 +252,8 @@ def normalize_schedule(spec: schedule_pb2.ScheduleSpec, field: str, limits: Spec
             ts = getattr(spec, name)
             if ts.seconds < 0 or ts.nanos < 0:
                 raise InvalidField(f"{field}.{name}", "must be after 1970-01-01")
+            if ts.seconds > MAX_TIMESTAMP_SECONDS or ts.nanos > MAX_NANOS:
+                raise InvalidField(f"{field}.{name}", "must be a valid time before 9999-12-31T23:59:59Z")
     if spec.HasField("start_time") and spec.HasField("end_time") and to_ms(spec.end_time) <= to_ms(spec.start_time):
         raise InvalidField(f"{field}.end_time", "must be after start_time")
     kind = spec.WhichOneof("timing")
@@ -279,10 +284,19 @@ def normalize_schedule(spec: schedule_pb2.ScheduleSpec, field: str, limits: Spec
                                f"day-of-week)") from None
         if timing.first_after(now_ms) is None:
             raise InvalidField(f"{field}.cron.expression", f"{cron.expression!r} matches no time in the next 50 years")
+        if spec.HasField("start_time"):
+            # The loop computes the first occurrence from start_time (new_schedule): evaluate it
+            # here, where an error is the client's, not in the loop, where it would stop it.
+            try:
+                first_occurrence(timing, spec, now_ms)
+            except TIMING_ERRORS as exc:
+                raise InvalidField(f"{field}.start_time", f"no occurrence can be computed from it: {exc}") from None
     else:
         interval = spec.interval
         if interval.seconds < 0 or interval.nanos < 0:
             raise InvalidField(f"{field}.interval", "must not be negative")
+        if interval.nanos > MAX_NANOS:
+            raise InvalidField(f"{field}.interval", f"nanos must be at most {MAX_NANOS}, got {interval.nanos}")
         ms = to_ms(interval)
         if ms < MIN_INTERVAL_MS or ms > MAX_INTERVAL_MS:
             raise InvalidField(f"{field}.interval", f"must be between 1s and 366 days, got {ms} ms")

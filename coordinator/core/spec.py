@@ -42,9 +42,16 @@ class SpecLimits:
     max_input_bytes: int = 1 << 20
 
 
+# google.protobuf Duration/Timestamp: nanos is the fraction of a second. A larger value is not a
+# valid message (protobuf's JSON mapping, grpcurl and `corral get` cannot render it).
+MAX_NANOS = 999_999_999
+
+
 def _duration_ms(field: str, d, *, allow_zero: bool) -> int:
     if d.seconds < 0 or d.nanos < 0:
         raise InvalidField(field, "must not be negative")
+    if d.nanos > MAX_NANOS:
+        raise InvalidField(field, f"nanos must be at most {MAX_NANOS}, got {d.nanos}")
     ms = to_ms(d)
     if ms == 0 and not allow_zero:
         raise InvalidField(field, "must be positive (leave it unset for the default)")
@@ -106,6 +113,8 @@ def normalize_spec(spec: task_pb2.TaskSpec, field: str, limits: SpecLimits, now_
         nb = spec.not_before
         if nb.seconds < 0 or nb.nanos < 0:
             raise InvalidField(f"{field}.not_before", "must be after 1970-01-01")
+        if nb.nanos > MAX_NANOS:
+            raise InvalidField(f"{field}.not_before", f"nanos must be at most {MAX_NANOS}, got {nb.nanos}")
         if to_ms(nb) > now_ms + MAX_NOT_BEFORE_AHEAD_MS:
             raise InvalidField(f"{field}.not_before", "must be within a year from now")
 

@@ -5,8 +5,9 @@ constant time), the map from gRPC service to the role it needs, and the server i
 answers UNAUTHENTICATED / PERMISSION_DENIED before a request reaches a servicer (so a refusal
 never depends on, or reveals, whether a task exists).
 
-Tokens file: one token per line, `ROLE[,ROLE...] TOKEN`; blank lines and lines starting with `#`
-are ignored. Roles: submitter (TaskService), actor (ActorService), admin (AdminService).
+Tokens file (UTF-8): one token per line, `ROLE[,ROLE...] TOKEN`; blank lines and lines starting
+with `#` are ignored. A token is printable ASCII of at most MAX_TOKEN_CHARS characters (what a
+client can send); anything else stops start-up naming the line. Roles: submitter (TaskService), actor (ActorService), admin (AdminService).
 """
 from __future__ import annotations
 
@@ -71,7 +72,14 @@ def parse_tokens(text: str, source: str = "tokens file") -> TokenTable:
         if not roles or unknown:
             raise TokensFileError(f"{source}:{number}: unknown role {', '.join(unknown) or '(none)'} "
                                   f"(roles: {', '.join(ROLES)})")
-        digest = _digest(parts[1])
+        token = parts[1]
+        # What a client can send in `authorization` metadata (printable ASCII, bearer_token's bound):
+        # a token outside it could never be presented, so it is a mistake in the file.
+        if not all("!" <= c <= "~" for c in token):
+            raise TokensFileError(f"{source}:{number}: a token must be printable ASCII (gRPC metadata)")
+        if len(token) > MAX_TOKEN_CHARS:
+            raise TokensFileError(f"{source}:{number}: a token must be at most {MAX_TOKEN_CHARS} characters")
+        digest = _digest(token)
         if digest in seen:
             raise TokensFileError(f"{source}:{number}: the same token is listed twice")
         seen.add(digest)
@@ -87,6 +95,9 @@ def load_tokens(path: str) -> TokenTable:
             text = f.read()
     except OSError as exc:
         raise TokensFileError(f"--tokens-file / CORRAL_TOKENS_FILE: cannot read {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise TokensFileError(f"--tokens-file / CORRAL_TOKENS_FILE: {path!r} is not UTF-8 text "
+                              f"(byte {exc.start})") from None
     return parse_tokens(text, path)
 
 

@@ -33,6 +33,12 @@ def submit(cluster, **spec_fields):
     (dict(type="echo", execution_timeout={"seconds": 10 * 365 * 86400}), "task.execution_timeout"),
     (dict(type="echo", schedule_to_start_timeout={"seconds": -1}), "task.schedule_to_start_timeout"),
     (dict(type="echo", input_bytes=b"x" * 2_000_000), "task.input"),
+    # Nanos past a second: not a valid Duration/Timestamp (protobuf's JSON mapping, grpcurl and
+    # `corral get` cannot render the acknowledged task afterwards).
+    (dict(type="echo", execution_timeout={"seconds": 1, "nanos": 1_000_000_000}), "task.execution_timeout"),
+    (dict(type="echo", schedule_to_start_timeout={"nanos": 2**31 - 1}), "task.schedule_to_start_timeout"),
+    (dict(type="echo", schedule_to_close_timeout={"nanos": 2**31 - 1}), "task.schedule_to_close_timeout"),
+    (dict(type="echo", not_before={"seconds": 1, "nanos": 2**31 - 1}), "task.not_before"),
 ])
 def test_invalid_spec_is_invalid_argument_naming_the_field(shared_cluster, spec, field):
     err = rpc_error(shared_cluster.tasks.SubmitTask, task_service_pb2.SubmitTaskRequest(task=task_pb2.TaskSpec(**spec)))

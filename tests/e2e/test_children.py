@@ -155,6 +155,49 @@ def test_stale_attempt_cannot_submit_children(cluster):
         assert [k.task_id for k in children_of(cluster, parent_id)] == [got[2].task_id]
 
 
+def test_child_depending_on_an_ancestor_it_holds_up_is_refused(cluster):
+    """A non-detached child that depends on its parent (directly, or through a prerequisite of
+    the parent's) is a cycle: the parent waits for the child, the child for the parent. It used
+    to be accepted and both waited forever (WAITING_FOR_CHILDREN / WAITING_FOR_DEPENDENCIES)."""
+    with RawActor(cluster.target, "raw", task_types=["fence-probe"]) as raw:
+        raw.welcome()
+        parent_id = cluster.submit("fence-probe", task_id="cyc-parent")
+        lease = raw.lease(parent_id)
+        cluster.submit("nobody-runs-this", task_id="cyc-other", depends_on=[parent_id])
+        request = actor_service_pb2.ConnectRequest()
+        request.child_submissions.add(parent=lease.ref, request_id=1,
+                                      task=S.TaskSpec(type="double", child_key="k1", depends_on=[parent_id]))
+        request.child_submissions.add(parent=lease.ref, request_id=2,
+                                      task=S.TaskSpec(type="double", child_key="k2", depends_on=["cyc-other"]))
+        # Detached: the parent does not wait for it, so depending on the parent is no cycle.
+        request.child_submissions.add(parent=lease.ref, request_id=3, task=S.TaskSpec(
+            type="double", child_key="k3", detached=True, depends_on=[parent_id]))
+        # Accepted without prerequisites; DeclareDependency must not add the same cycle later.
+        request.child_submissions.add(parent=lease.ref, request_id=4, task=S.TaskSpec(
+            type="double", child_key="k4", allow_failure=True))
+        raw.send(request)
+
+        def answers():
+            got = {a.request_id: a for r in raw.responses for a in r.child_submitted}
+            return got if len(got) == 4 else None
+        got = raw.wait(lambda rs: answers(), "four child answers")
+        for i in (1, 2):
+            assert got[i].code == grpc.StatusCode.INVALID_ARGUMENT.value[0], got[i]
+            assert "depends_on[0]" in got[i].message and "cycle" in got[i].message, got[i].message
+        assert got[3].code == 0 and got[3].created, got[3]
+        assert got[4].code == 0 and got[4].created, got[4]
+        with pytest.raises(grpc.RpcError) as e:
+            cluster.tasks.DeclareDependency(task_service_pb2.DeclareDependencyRequest(
+                task_id=got[4].task_id, depends_on=["cyc-other"]), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details().startswith("depends_on[0]: would make a cycle"), e.value.details()
+        cluster.tasks.CancelTask(task_service_pb2.CancelTaskRequest(task_id=got[4].task_id), timeout=10)
+        raw.report(lease.ref, S.ATTEMPT_OUTCOME_SUCCEEDED, output={"done": True})
+        assert raw.ack_for(lease.ref).accepted
+    # With only the detached child, the parent is not held up; its dependent child then runs.
+    assert cluster.wait_state(parent_id, timeout_s=15).state == S.TASK_STATE_SUCCEEDED
+
+
 def test_client_cannot_set_child_fields_and_unknown_parent_is_not_found(cluster):
     with pytest.raises(grpc.RpcError) as e:
         cluster.submit("double", {"i": 1}, parent_task_id="someone")

@@ -109,6 +109,12 @@ def test_bad_schedules_are_invalid_argument_naming_the_field(cluster):
     short = every_second("short")
     short.interval.FromMilliseconds(500)
     assert refused(short).startswith("schedule.interval:")
+    odd = every_second("odd")
+    odd.interval.nanos = 2**31 - 1  # not a valid Duration: nanos past a second
+    assert refused(odd).startswith("schedule.interval:")
+    odd = every_second("odd")
+    odd.end_time.seconds, odd.end_time.nanos = 4_000_000_000, 2**31 - 1  # not a valid Timestamp
+    assert refused(odd).startswith("schedule.end_time:")
     bad_template = every_second("tpl")
     bad_template.task.type = ""
     assert refused(bad_template).startswith("schedule.task.type:")
@@ -123,6 +129,32 @@ def test_bad_schedules_are_invalid_argument_naming_the_field(cluster):
     with pytest.raises(grpc.RpcError) as info:
         create(cluster, different)
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_start_time_too_far_ahead_is_invalid_argument_and_the_coordinator_keeps_serving(cluster):
+    """A cron schedule whose start_time is past what datetime (year 9999) or a Timestamp can hold
+    used to raise in the dispatch loop (ValueError/OverflowError from evaluating the cron
+    expression there): one CreateSchedule stopped the coordinator."""
+    for seconds in (10**12, 253_402_300_000, 253_402_300_799 - 3600):  # year 33658; 10000-01-01; 9999-12-31T23:00
+        spec = schedule_pb2.ScheduleSpec(schedule_id="far", task=task_pb2.TaskSpec(type="echo"),
+                                         cron=schedule_pb2.CronTiming(expression="0 0 1 1 *"))
+        spec.start_time.seconds = seconds
+        with pytest.raises(grpc.RpcError) as info:
+            create(cluster, spec)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
+        assert info.value.details().startswith("schedule.start_time:"), info.value.details()
+    far_interval = every_second("far-interval")
+    far_interval.start_time.seconds = 10**12
+    with pytest.raises(grpc.RpcError) as info:
+        create(cluster, far_interval)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("schedule.start_time:"), info.value.details()
+    # Nothing was written, and the coordinator still serves (and replays) fine.
+    assert create(cluster, every_second("after-far")).state == schedule_pb2.SCHEDULE_STATE_ACTIVE
+    assert cluster.coordinator.poll() is None
+    cluster.kill(cluster.coordinator)
+    cluster.start_coordinator()
+    assert get(cluster, "after-far").spec.schedule_id == "after-far"
 
 
 def test_misfire_policies_after_the_coordinator_was_killed(make_cluster):

@@ -112,6 +112,19 @@ def test_coordinator_without_tls_or_plaintext_flag_refuses_to_start(tmp_path):
     assert not (tmp_path / "wal").exists()
 
 
+def test_coordinator_with_a_tokens_file_that_is_not_utf8_refuses_to_start_cleanly(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_bytes(b"submitter \xff\xfe-not-utf8\n")
+    proc = subprocess.run([sys.executable, "-m", "coordinator.cli", "coordinator", "--listen",
+                           f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "wal"), "--insecure-plaintext",
+                           "--tokens-file", str(tokens)],
+                          capture_output=True, text=True, timeout=30, cwd=tmp_path,
+                          env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and str(tokens) in proc.stderr, proc.stderr
+    assert not (tmp_path / "wal").exists()
+
+
 # ---- TLS ---------------------------------------------------------------------------------------
 
 def test_tls_listener_serves_verified_clients_and_refuses_plaintext(make_cluster, pki):

@@ -31,6 +31,25 @@ def test_bad_tokens_file_is_refused_naming_the_line(text, says):
         auth.parse_tokens(text)
 
 
+@pytest.mark.parametrize("text, says", [
+    # gRPC metadata values are printable ASCII: such a token could never be presented.
+    ("submitter tok\u00e9\n", "printable ASCII"),
+    ("submitter tok\x7f\n", "printable ASCII"),
+    # bearer_token refuses longer ones as malformed: it could never be presented either.
+    (f"submitter {'x' * (auth.MAX_TOKEN_CHARS + 1)}\n", "at most"),
+])
+def test_tokens_no_client_could_present_are_refused_naming_the_line(text, says):
+    with pytest.raises(auth.TokensFileError, match=f":1: .*{says}"):
+        auth.parse_tokens(text)
+
+
+def test_tokens_file_that_is_not_utf8_is_refused_cleanly(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_bytes(b"submitter \xff\xfetok\n")
+    with pytest.raises(auth.TokensFileError, match="UTF-8"):
+        auth.load_tokens(str(path))
+
+
 @pytest.mark.parametrize("method, metadata, expected", [
     ("/corral.v1.TaskService/GetTask", md("s1"), None),
     ("/corral.v1.TaskService/GetTask", md("a1"), grpc.StatusCode.PERMISSION_DENIED),
