@@ -7,7 +7,8 @@ never depends on, or reveals, whether a task exists).
 
 Tokens file (UTF-8): one token per line, `ROLE[,ROLE...] TOKEN`; blank lines and lines starting
 with `#` are ignored. A token is printable ASCII of at most MAX_TOKEN_CHARS characters (what a
-client can send); anything else stops start-up naming the line. Roles: submitter (TaskService), actor (ActorService), admin (AdminService).
+client can send); anything else stops start-up naming the line. Roles: submitter (TaskService),
+actor (ActorService), admin (AdminService).
 """
 from __future__ import annotations
 
