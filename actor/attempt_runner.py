@@ -9,6 +9,8 @@ Invariants:
   fencing token). ``on_done`` is called exactly once, on the event-loop thread.
 - Async handlers run as asyncio tasks on the loop; sync handlers run in the handler thread pool,
   never on the loop, so a CPU-bound handler cannot starve heartbeats.
+- Whatever a handler raises (SystemExit and KeyboardInterrupt too) fails its attempt and nothing
+  else; it never propagates into the session's event loop.
 - At the deadline (``execution_timeout_ms`` measured with ``time.monotonic()`` from receipt of the
   lease) the cancel token is set with reason "timed out". A handler still running ``grace_s`` after
   its token was set is abandoned: an async handler's task is cancelled and not awaited, a sync
@@ -168,6 +170,24 @@ def build_result(
     return result
 
 
+class _HandlerExit(Exception):
+    """Carries a SystemExit / KeyboardInterrupt that an async handler raised (see _contained)."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(original)
+        self.original = original
+
+
+async def _contained(coro: Any) -> Any:
+    """Await an async handler. asyncio re-raises SystemExit and KeyboardInterrupt from a task
+    out of the event loop, which would end the actor and every attempt it runs; a handler's own
+    are a failure of its attempt, as they are for a sync handler (the pool hands them over)."""
+    try:
+        return await coro
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _HandlerExit(exc) from None
+
+
 OnDone = Callable[["AttemptRunner", actor_service_pb2.AttemptResult], None]
 
 
@@ -276,7 +296,7 @@ class AttemptRunner:
             if not inspect.isawaitable(coro):
                 self._finish_ending(Ending.RETURNED, value=coro)
                 return
-            self._task = loop.create_task(coro)  # type: ignore[arg-type]
+            self._task = loop.create_task(_contained(coro))  # type: ignore[arg-type]
             self._task.add_done_callback(self._on_task_done)
         else:
             executor = self._executor
@@ -360,6 +380,8 @@ class AttemptRunner:
         exc = task.exception()  # also marks it retrieved when we already gave up on it
         if self.result is not None:
             return
+        if type(exc) is _HandlerExit:
+            exc = exc.original
         if exc is not None:
             self._finish_ending(Ending.RAISED, exc=exc)
         else:

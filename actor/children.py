@@ -9,6 +9,8 @@ Invariants:
   coordinator refuses those of a stale attempt, so a superseded attempt cannot spawn children.
 - A submission is idempotent (the child key names the child under its parent), so after a
   reconnect every unanswered submission, and every outstanding wait, is sent again.
+- A request carries a bounded batch (by count, and submissions by bytes); the rest follow in the
+  next messages.
 - All state is touched on the session's event loop only; handlers on pool threads reach it through
   ``run_coroutine_threadsafe``. When an attempt ends, its unanswered futures are canceled.
 """
@@ -23,8 +25,12 @@ from corral.v1 import actor_service_pb2, task_pb2
 from .payload import python_to_value, value_to_python
 
 LeaseKey = tuple[str, int, int]
-# Bounded batches per stream message, like results.
+# Bounded batches per stream message, like results: at most this many submissions (and waits),
+# and submissions of at most this many bytes (at least one per message; each child's input is
+# bounded by the coordinator's --max-input-bytes, 1 MiB by default), so a message stays far below
+# the 64 MiB gRPC limit whatever else it carries.
 MAX_CHILD_MESSAGES_PER_REQUEST = 256
+MAX_CHILD_BYTES_PER_REQUEST = 1024 * 1024
 
 _TERMINAL_NAMES = {task_pb2.TASK_STATE_SUCCEEDED: "SUCCEEDED", task_pb2.TASK_STATE_FAILED: "FAILED",
                    task_pb2.TASK_STATE_CANCELED: "CANCELED"}
@@ -164,7 +170,15 @@ class ChildChannel:
         """Move queued submissions and waits into `request` (bounded)."""
         n = MAX_CHILD_MESSAGES_PER_REQUEST
         if self._out_submissions:
-            batch, self._out_submissions = self._out_submissions[:n], self._out_submissions[n:]
+            pending = self._out_submissions
+            size = 0
+            k = 0
+            for submission in pending[:n]:
+                size += submission.ByteSize()
+                if k and size > MAX_CHILD_BYTES_PER_REQUEST:
+                    break
+                k += 1
+            batch, self._out_submissions = pending[:k], pending[k:]
             request.child_submissions.extend(batch)
         if self._out_waits:
             batch_w, self._out_waits = self._out_waits[:n], self._out_waits[n:]

@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -73,7 +74,12 @@ def python_to_value(obj: Any) -> struct_pb2.Value:
     value = struct_pb2.Value()
     try:
         json_format.ParseDict(obj, value)
-    except (json_format.ParseError, TypeError, ValueError, RecursionError) as exc:
+        # ParseDict accepts NaN and +-inf, which no JSON can carry: such a Value could be stored
+        # but never rendered as JSON (GetTask) nor decoded again (a dependent's prerequisites, a
+        # parent's wait_child). The C encoder refuses them (and costs little next to ParseDict).
+        if isinstance(obj, (dict, list, tuple, float)):
+            json.dumps(obj, allow_nan=False, check_circular=False)
+    except Exception as exc:  # noqa: BLE001 - e.g. OverflowError for an int past a double's range
         raise OutputNotSerializable(
             f"handler returned a value that is not JSON-serializable "
             f"({type(obj).__name__}): {exc}"

@@ -99,8 +99,9 @@ class ActorService(actor_service_pb2_grpc.ActorServiceServicer):
         identity = actor.identity
         log.info("actor %s (incarnation %s) connected from %s: slots=%d types=%s", identity.actor_id,
                  identity.incarnation, link.peer, identity.slots, list(identity.task_types))
-        if first.heartbeats or first.results:
-            self.loop.post(C.ActorUpdate(link, first))
+        if (first.heartbeats or first.results or first.draining or first.child_submissions
+                or first.child_waits):
+            self._post_update(link, first)  # the hello's message may say more, like any other
         reader = asyncio.create_task(self._read(link, context))
         try:
             while True:
@@ -115,6 +116,12 @@ class ActorService(actor_service_pb2_grpc.ActorServiceServicer):
             self.loop.post(C.ActorGone(link))
             log.info("actor %s (incarnation %s) disconnected", identity.actor_id, identity.incarnation)
 
+    def _post_update(self, link: ActorLink, request) -> None:
+        """Everything but the hello goes to the loop this way: child specs are validated here."""
+        rejected = (validate_child_submissions(request, self.limits, self.loop.now_ms())
+                    if request.child_submissions else None)
+        self.loop.post(C.ActorUpdate(link, request, rejected))
+
     async def _read(self, link: ActorLink, context) -> None:
         try:
             while True:
@@ -127,9 +134,7 @@ class ActorService(actor_service_pb2_grpc.ActorServiceServicer):
                     return
                 if self.loop.inbox_full:
                     await self.loop.wait_for_room()
-                rejected = (validate_child_submissions(request, self.limits, self.loop.now_ms())
-                            if request.child_submissions else None)
-                self.loop.post(C.ActorUpdate(link, request, rejected))
+                self._post_update(link, request)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the stream broke; the writer ends it

@@ -35,7 +35,8 @@ def same_ref(a: LeaseRef, b: LeaseRef) -> bool:
 class RawActor:
     def __init__(self, target: str, actor_id: str, *, task_types: Iterable[str] = ("fence-probe",), slots: int = 1,
                  incarnation: str | None = None, held_leases: Iterable[LeaseRef] = (),
-                 stream_timeout_s: float = 120.0, channel: grpc.Channel | None = None) -> None:
+                 stream_timeout_s: float = 120.0, channel: grpc.Channel | None = None,
+                 with_hello: actor_service_pb2.ConnectRequest | None = None) -> None:
         self.actor_id = actor_id
         self.incarnation = incarnation or uuid.uuid4().hex
         self.identity = task_pb2.ExecutorIdentity(actor_id=actor_id, incarnation=self.incarnation,
@@ -45,8 +46,11 @@ class RawActor:
         self.ended = False
         self._cond = threading.Condition()
         self._outbox: queue.Queue = queue.Queue()
-        self._outbox.put(actor_service_pb2.ConnectRequest(
-            hello=actor_service_pb2.Hello(identity=self.identity, held_leases=list(held_leases))))
+        first = actor_service_pb2.ConnectRequest(
+            hello=actor_service_pb2.Hello(identity=self.identity, held_leases=list(held_leases)))
+        if with_hello is not None:  # more fields in the first message (heartbeats, results, ...)
+            first.MergeFrom(with_hello)
+        self._outbox.put(first)
         # `channel`: e.g. TLS with a token (tests/e2e/test_security.py); closed with the actor.
         self._channel = channel if channel is not None else grpc.insecure_channel(target)
         self._call = actor_service_pb2_grpc.ActorServiceStub(self._channel).Connect(

@@ -218,3 +218,41 @@ def test_waiting_parent_survives_coordinator_kill(cluster):
     kids = children_of(cluster, parent_id)
     assert len(kids) == 3 and all(k.state == S.TASK_STATE_SUCCEEDED for k in kids)
     assert actor.poll() is None
+
+
+@pytest.mark.parametrize("with_heartbeat", [True, False], ids=["with-heartbeat", "alone"])
+def test_child_submissions_in_the_first_message_are_validated_and_answered(make_cluster, with_heartbeat):
+    """The hello message may carry more fields. Child submissions in it used to skip the spec
+    validation every later message gets (with a heartbeat or result beside them: an invalid
+    child type was accepted, defaults unfilled) or were never answered at all (alone)."""
+    import uuid
+
+    cluster = make_cluster(lease_ttl_s=30)
+    cluster.start_coordinator()
+    incarnation = uuid.uuid4().hex
+    first = RawActor(cluster.target, "raw", task_types=["fence-probe"], incarnation=incarnation)
+    first.welcome()
+    parent_id = cluster.submit("fence-probe")
+    lease = first.lease(parent_id)
+    first.close()
+    wait_for(lambda: "raw" not in cluster.connected_actor_ids(), 10, "the coordinator to see the stream go")
+
+    # The same process reconnects, re-presenting its lease, and says more in its first message.
+    extra = actor_service_pb2.ConnectRequest()
+    if with_heartbeat:
+        extra.heartbeats.append(lease.ref)
+    extra.child_submissions.add(parent=lease.ref, request_id=1, task=S.TaskSpec(type="not a type!", child_key="bad"))
+    extra.child_submissions.add(parent=lease.ref, request_id=2, task=S.TaskSpec(type="double", child_key="good"))
+    with RawActor(cluster.target, "raw", task_types=["fence-probe"], incarnation=incarnation,
+                  held_leases=[lease.ref], with_hello=extra) as second:
+        assert [(r.task_id, r.fencing_token) for r in second.welcome().adopted] == [(parent_id, lease.ref.fencing_token)]
+
+        def answers():
+            got = {a.request_id: a for r in second.responses for a in r.child_submitted}
+            return got if len(got) == 2 else None
+        got = second.wait(lambda rs: answers(), "two child answers", timeout_s=10)
+        assert got[1].code == grpc.StatusCode.INVALID_ARGUMENT.value[0], got[1]
+        assert "child_submissions[0].task.type" in got[1].message, got[1]
+        assert got[2].code == 0 and got[2].created, got[2]
+        assert [k.task_id for k in children_of(cluster, parent_id)] == [got[2].task_id]
+        assert cluster.get(got[2].task_id).spec.retry.max_attempts > 0  # defaults filled in

@@ -510,3 +510,63 @@ def test_queued_sync_attempt_timed_out_before_it_started_never_runs() -> None:
     assert result.outcome == TIMED_OUT
     pool.shutdown(wait=True)
     assert not ran.is_set(), "an abandoned attempt that never started must never run"
+
+
+# -- handler misbehaviour that must never escape the runner ----------------------------------------
+
+
+def _run_guarded(app: App, lease: actor_service_pb2.Lease, grace_s: float = 1.0) -> actor_service_pb2.AttemptResult:
+    """run_one, but an exception escaping the event loop (SystemExit, KeyboardInterrupt) fails
+    the test instead of ending pytest."""
+    try:
+        return run_one(app, lease, grace_s=grace_s)
+    except BaseException as exc:  # noqa: BLE001 - what escaped the loop is the bug under test
+        pytest.fail(f"{type(exc).__name__} escaped the attempt runner's event loop: {exc!r}")
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("exc_type", [SystemExit, KeyboardInterrupt])
+@pytest.mark.parametrize("is_async", [True, False])
+def test_handler_raising_system_exit_or_keyboard_interrupt_fails_the_attempt(exc_type, is_async) -> None:
+    # README: "Any exception is a retryable failure". An async handler's SystemExit must not
+    # escape the event loop (it would end the actor and every attempt it runs).
+    app = App()
+    if is_async:
+        async def h(input, ctx):
+            raise exc_type(3)
+    else:
+        def h(input, ctx):
+            raise exc_type(3)
+    app.register("t", h)
+    result = _run_guarded(app, make_lease("t"))
+    assert (result.outcome, result.error.kind) == (FAILED, exc_type.__name__)
+    assert result.error.non_retryable is False
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("value", [10**400, {"n": [10**400]}], ids=["int", "nested"])
+def test_output_with_an_int_too_large_for_a_double_is_failed_not_stuck(value) -> None:
+    # json_format raises OverflowError (not ValueError) for such an int: it must still be a
+    # FAILED OutputNotSerializable, reported at once, not an exception out of the runner that
+    # leaves the attempt running until its deadline (then reported TIMED_OUT, and retried).
+    app = App()
+    app.register("t", lambda input, ctx: value)
+    start = time.monotonic()
+    result = run_one(app, make_lease("t", timeout_ms=2_000), grace_s=0.1)
+    assert (result.outcome, result.error.kind) == (FAILED, "OutputNotSerializable"), result
+    assert result.error.non_retryable is True
+    assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("value", [float("nan"), {"x": float("inf")}, [1.0, float("-inf")]],
+                         ids=["nan", "inf", "-inf"])
+def test_nan_or_infinite_output_is_failed_not_serializable(value) -> None:
+    # payload.py: output must be JSON-serializable, "no NaN/inf". A Value holding NaN cannot be
+    # rendered as JSON (GetTask via grpcurl / `corral get --json`) nor decoded by a dependent
+    # (its prerequisites) or a parent waiting for it (ValueError on every attempt).
+    app = App()
+    app.register("t", lambda input, ctx: value)
+    result = run_one(app, make_lease("t"))
+    assert (result.outcome, result.error.kind) == (FAILED, "OutputNotSerializable"), result
+    assert result.error.non_retryable is True

@@ -46,3 +46,27 @@ def test_waits_are_sent_again_on_a_new_stream_and_shared_by_one_attempt():
         assert first.done() and second.done()
 
     asyncio.run(go())
+
+
+def test_child_submissions_are_split_so_no_message_exceeds_the_limit():
+    """Each child's input may be up to 1 MiB, and a message carried up to 256 submissions: 70 such
+    children made a 70 MiB message, over the 64 MiB gRPC limit on both sides. The stream then
+    broke, every reconnect re-sent the same batch, and results and heartbeats never got through."""
+    from actor.session import MAX_MESSAGE_BYTES
+
+    async def go():
+        channel = ChildChannel()
+        parent = ref(1, 7)
+        big = b"x" * ((1 << 20) - 200)  # fits the coordinator's default --max-input-bytes with the rest
+        for i in range(70):
+            channel.submit(parent, task_pb2.TaskSpec(type="t", child_key=f"k{i}", input_bytes=big))
+        sizes, sent = [], 0
+        while channel.has_outgoing and len(sizes) < 100:
+            request = actor_service_pb2.ConnectRequest()
+            channel.fill(request)
+            sizes.append(request.ByteSize())
+            sent += len(request.child_submissions)
+        assert sent == 70
+        assert max(sizes) <= MAX_MESSAGE_BYTES, f"a message of {max(sizes)} bytes (limit {MAX_MESSAGE_BYTES})"
+
+    asyncio.run(go())
