@@ -559,8 +559,13 @@ def test_output_with_an_int_too_large_for_a_double_is_failed_not_stuck(value) ->
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.parametrize("value", [float("nan"), {"x": float("inf")}, [1.0, float("-inf")]],
-                         ids=["nan", "inf", "-inf"])
+class _Float(float):  # e.g. numpy.float64 is a float subclass
+    pass
+
+
+@pytest.mark.parametrize("value", [float("nan"), {"x": float("inf")}, [1.0, float("-inf")],
+                                   {"a": {"b": [{"c": (2.0, float("nan"))}]}}, {"x": _Float("nan")}],
+                         ids=["nan", "inf", "-inf", "deep", "float-subclass"])
 def test_nan_or_infinite_output_is_failed_not_serializable(value) -> None:
     # payload.py: output must be JSON-serializable, "no NaN/inf". A Value holding NaN cannot be
     # rendered as JSON (GetTask via grpcurl / `corral get --json`) nor decoded by a dependent
