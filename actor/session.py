@@ -10,12 +10,15 @@ Invariants:
   every pending result (up to a size cap) plus, when due, one heartbeat for ALL running attempts.
 - A result is kept in ``_unacked`` until a ``ResultAck`` for its (task id, attempt, token) arrives
   (accepted or rejected), and is re-sent after every reconnect. Results of attempts whose lease was
-  lost (LEASE_LOST cancel, or not adopted after a reconnect) or that were still running when the
-  actor stopped are dropped, never reported.
+  lost (LEASE_LOST cancel, or not adopted after a reconnect) are dropped, never reported.
+- Stopping: attempts get ``grace_s`` to finish; those still running then are handed back
+  (``ATTEMPT_OUTCOME_HANDED_BACK``: the coordinator makes them READY at once, counted against no
+  limit) and their handlers' late results are dropped, so a rolling restart neither waits a lease
+  TTL for them nor spends their ``max_lost_attempts``.
 - Running attempts survive reconnects. The hello re-presents every lease this process still holds:
   running attempts and finished attempts whose result is not acknowledged yet.
 - Leases are never refused for lack of slots (the coordinator does the slot accounting); an
-  over-grant is only logged. Leases arriving while stopping are not started (they expire).
+  over-grant is only logged. Leases arriving while stopping are not started: they are handed back.
 - INVALID_ARGUMENT, PERMISSION_DENIED and UNAUTHENTICATED end ``run()`` with ``ActorRejected``;
   every other stream failure is retried forever with exponential backoff and jitter.
 """
@@ -302,10 +305,13 @@ class ActorSession:
         log.info("actor %s stopping: waiting up to %gs for %d running attempt(s)",
                  self.actor_id, self.grace_s, len(self._running))
         if not await self._wait_until(lambda: not self._running, self.grace_s):
-            for runner in list(self._running.values()):
+            running = list(self._running.values())
+            log.warning("actor %s: handing back %d attempt(s) still running after the %gs grace",
+                        self.actor_id, len(running), self.grace_s)
+            for runner in running:
                 self._orphan(runner, "actor shutting down", CancelCause.SHUTDOWN)
-            log.warning("actor %s: attempts still running at stop are not reported "
-                        "(their leases will expire)", self.actor_id)
+                self._report_handed_back(runner.ref, "actor stopped before the attempt finished "
+                                                     f"(grace {self.grace_s:g}s); handed back")
         if self._unacked:
             await self._wait_until(lambda: not self._unacked, self.flush_timeout_s)
             if self._unacked:
@@ -604,14 +610,7 @@ class ActorSession:
             self.leases_refused += 1
             log.info("actor %s: stopping; handing back task %s attempt %d", self.actor_id, key[0], key[1],
                      extra=_lease_log_fields(lease))
-            result = actor_service_pb2.AttemptResult(outcome=task_pb2.ATTEMPT_OUTCOME_HANDED_BACK)
-            result.lease.CopyFrom(lease.ref)
-            result.error.message = "actor is stopping; lease handed back"
-            result.error.kind = "HandedBack"
-            self._unacked[key] = result
-            if self._online:
-                self._outbox.append(result)
-                self._wake.set()
+            self._report_handed_back(lease.ref, "actor is stopping; lease handed back")
             return
         if len(self._running) >= self.slots:
             log.warning("actor %s: coordinator granted more leases than slots (%d running, "
@@ -664,6 +663,17 @@ class ActorSession:
         self._changed.set()
 
     # -- attempts ---------------------------------------------------------------------------------
+
+    def _report_handed_back(self, ref: actor_service_pb2.LeaseRef, message: str) -> None:
+        """Report the lease `ref` HANDED_BACK (the actor is stopping), until acknowledged."""
+        result = actor_service_pb2.AttemptResult(outcome=task_pb2.ATTEMPT_OUTCOME_HANDED_BACK)
+        result.lease.CopyFrom(ref)
+        result.error.message = message
+        result.error.kind = "HandedBack"
+        self._unacked[lease_key(ref)] = result
+        if self._online:
+            self._outbox.append(result)
+            self._wake.set()
 
     def _orphan(self, runner: AttemptRunner, reason: str, cause: CancelCause) -> None:
         """Stop ``runner`` and forget its result (lease lost, or actor stopping)."""
