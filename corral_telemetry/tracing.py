@@ -149,6 +149,13 @@ def fill_trace_context(specs: Sequence[Any], carrier: Mapping[str, str]) -> None
     if not carrier:
         return
     items = list(carrier.items())
+    if len(items) == 1:  # traceparent only (the common case): no inner loop per spec
+        [(key, value)] = items
+        for spec in specs:
+            tc = spec.trace_context
+            if not tc:
+                tc[key] = value
+        return
     for spec in specs:
         tc = spec.trace_context
         if not tc:
