@@ -338,7 +338,8 @@ class SpanRecorder:
     def start_from_carrier(self, carrier: Mapping[str, str]) -> RecordedSpan:
         """``start(span_context_from_carrier(carrier))``, with the common case in one step: the
         tasks of one submission share their traceparent, so the last one's parsing and sampling
-        decision are reused when the carrier holds the same traceparent (and nothing else)."""
+        decision are reused when the carrier holds the same traceparent (and nothing else).
+        ``ActorTelemetry.start_attempt`` inlines that case (it reads ``_last_carrier``)."""
         traceparent = carrier.get("traceparent")
         last = self._last_carrier
         if traceparent == last[0] and traceparent is not None and len(carrier) == 1:
@@ -420,7 +421,8 @@ class SpanBatcher(SpanProcessor):
             self.add(span)
 
     def add(self, span: ReadableSpan) -> None:
-        """Queue a finished, sampled span (``SpanRecorder.end`` inlines this)."""
+        """Queue a finished, sampled span (``SpanRecorder.end`` and ``ActorTelemetry.attempt_done``
+        inline this)."""
         queue = self.queue
         queue.append(span)
         if len(queue) >= self.batch_size:
