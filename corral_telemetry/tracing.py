@@ -25,6 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat, starmap
 from random import getrandbits
 from typing import Any
 
@@ -148,6 +149,13 @@ def fill_trace_context(specs: Sequence[Any], carrier: Mapping[str, str]) -> None
     if not carrier:
         return
     items = list(carrier.items())
+    if len(items) == 1:  # traceparent only (the common case): no inner loop per spec
+        [(key, value)] = items
+        for spec in specs:
+            tc = spec.trace_context
+            if not tc:
+                tc[key] = value
+        return
     for spec in specs:
         tc = spec.trace_context
         if not tc:
@@ -330,7 +338,8 @@ class SpanRecorder:
     def start_from_carrier(self, carrier: Mapping[str, str]) -> RecordedSpan:
         """``start(span_context_from_carrier(carrier))``, with the common case in one step: the
         tasks of one submission share their traceparent, so the last one's parsing and sampling
-        decision are reused when the carrier holds the same traceparent (and nothing else)."""
+        decision are reused when the carrier holds the same traceparent (and nothing else).
+        ``ActorTelemetry.start_attempt`` inlines that case (it reads ``_last_carrier``)."""
         traceparent = carrier.get("traceparent")
         last = self._last_carrier
         if traceparent == last[0] and traceparent is not None and len(carrier) == 1:
@@ -412,7 +421,8 @@ class SpanBatcher(SpanProcessor):
             self.add(span)
 
     def add(self, span: ReadableSpan) -> None:
-        """Queue a finished, sampled span (``SpanRecorder.end`` inlines this)."""
+        """Queue a finished, sampled span (``SpanRecorder.end`` and ``ActorTelemetry.attempt_done``
+        inline this)."""
         queue = self.queue
         queue.append(span)
         if len(queue) >= self.batch_size:
@@ -439,7 +449,7 @@ class SpanBatcher(SpanProcessor):
             queue = self.queue
             while queue:
                 n = min(len(queue), self.batch_size)
-                batch = [queue.popleft() for _ in range(n)]
+                batch = list(starmap(queue.popleft, repeat((), n)))  # n pops, no Python frame per span
                 token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
                 try:
                     self.exporter.export(batch)
