@@ -711,6 +711,7 @@ class DispatchLoop:
         welcome.coordinator_id = self.coordinator_id
         welcome.lease_ttl_ms = fleet.lease_ttl_ms
         welcome.heartbeat_interval_ms = self.heartbeat_interval_ms
+        adopted: set[str] = set()
         for ref in cmd.hello.held_leases:
             lease = fleet.leases.get(ref.task_id)
             why = decisions.fence(self.projection, fleet, key, ref.task_id, ref.attempt, ref.fencing_token,
@@ -718,9 +719,23 @@ class DispatchLoop:
             if why is None and lease is not None:
                 fleet.adopt(lease, actor, step.lease_ms)
                 welcome.adopted.add().CopyFrom(ref)
+                adopted.add(ref.task_id)
                 self._repeat_cancel_request(ref, cmd.link, step)
             else:
                 msg.cancels.add(lease=ref, reason=CANCEL_LEASE_LOST, message=why or "lease unknown")
+        # A lease granted to this very process that its hello does not re-present never reached it
+        # (granted on a stream that was already broken): the attempt is lost now, not a TTL later.
+        for lease in fleet.leases_of(key):
+            if lease.task_id in adopted:
+                continue
+            record = decisions.lost_attempt_record(
+                self.projection, lease.task_id, lease.attempt, lease.token, now, self.rand,
+                f"actor {identity.actor_id!r} reconnected without the lease of attempt {lease.attempt} "
+                f"(it never reached the actor)")
+            if record is not None:
+                self._emit_attempt_ended(record, step)
+            else:
+                fleet.release(lease.task_id)
         step.replies.append((cmd.reply, actor))
 
     def _repeat_cancel_request(self, ref: actor_service_pb2.LeaseRef, link: ActorLink, step: Step) -> None:

@@ -310,8 +310,9 @@ def test_cancel_requested_while_actor_is_disconnected_is_delivered_when_it_recon
     [attempt] = task.attempts
     if attempt.outcome == S.ATTEMPT_OUTCOME_LOST:
         # Rare (seen ~1 in 20 under load): the actor's first stream through the proxy broke just
-        # after the grant, so the lease never reached it and expired; the pending cancel decides
-        # how the task ends (CANCELED, error kind "canceled", on the attempt too), not re-run.
+        # after the grant, so the lease never reached it (lost when the actor reconnected without
+        # it); the pending cancel decides how the task ends (CANCELED, error kind "canceled", on
+        # the attempt too), not re-run.
         assert (attempt.error.kind, attempt.error.message) == ("canceled", "canceled while cut off"), task
     else:
         assert attempt.outcome == S.ATTEMPT_OUTCOME_CANCELED, attempt  # stopped by the cancel

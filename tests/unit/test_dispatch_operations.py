@@ -215,3 +215,33 @@ def test_a_big_step_is_split_into_responses_of_at_most_1000_events(tmp_path):
             sizes = [len(sub.queue.get_nowait().events) for _ in range(sub.queue.qsize())]
             assert sizes == [1000, 1000, 500] and sub.pending == 2500
     asyncio.run(go())
+
+
+def test_a_lease_the_reconnecting_actor_does_not_re_present_is_lost_at_once_and_runs_again(tmp_path):
+    """Granted on a stream that was already broken, the lease never reached the actor: its hello on
+    the next stream (same incarnation) does not hold it, so the attempt ends LOST then, not a lease
+    TTL later, and the task is granted again at once; a re-presented lease is adopted."""
+    async def go():
+        async with running_loop(tmp_path) as loop:
+            link = await connect(loop, slots=2)
+            kept, missing = await submit(loop, 2)
+            granted = {lease.ref.task_id: lease for lease in leases_sent(link)}
+            assert set(granted) == {kept, missing}
+            loop.post(C.ActorGone(link))
+            new_link = ActorLink()
+            hello = actor_service_pb2.Hello(identity=task_pb2.ExecutorIdentity(
+                actor_id="a1", incarnation="1", task_types=["t"], slots=2), held_leases=[granted[kept].ref])
+            await loop.call(lambda f: C.ActorHello(new_link, hello, f))
+            messages = []
+            while not new_link.queue.empty():
+                messages.append(new_link.queue.get_nowait())
+            [welcome] = [m.welcome for m in messages if m.HasField("welcome")]
+            assert [ref.task_id for ref in welcome.adopted] == [kept]
+            task = loop.projection.tasks[missing]
+            assert task.attempts[0].outcome == task_pb2.ATTEMPT_OUTCOME_LOST
+            assert "never reached" in task.attempts[0].error.message and task.lost_attempts == 1
+            regranted = [lease for m in messages for lease in m.leases]
+            assert [(lease.ref.task_id, lease.ref.attempt) for lease in regranted] == [(missing, 2)]
+            assert loop.projection.tasks[kept].state == State.RUNNING
+
+    asyncio.run(go())
