@@ -132,6 +132,7 @@ class DispatchLoop:
         self._stopping = False
         self._fatal: BaseException | None = None
         self._watchers: dict[str, list[asyncio.Queue]] = {}
+        self._streams_closed = False  # close_streams ran (shutdown): no new WatchTask
         self.steps = 0
         self._deadline_hold_until_ms = 0
         self.stale_results_rejected = 0
@@ -247,6 +248,7 @@ class DispatchLoop:
         on streams that never end by themselves. Actors reconnect to the next coordinator."""
         for actor in list(self.fleet.actors.values()):
             actor.session.close(grpc.StatusCode.UNAVAILABLE, reason)
+        self._streams_closed = True  # a WatchTask handled from now on is refused
         for queues in self._watchers.values():
             for q in queues:
                 q.put_nowait(None)
@@ -595,7 +597,9 @@ class DispatchLoop:
                 break
             page.append(task)
             last_ordinal = task.ordinal
-        step.replies.append((cmd.reply, _Deferred(lambda: ([task_view(t) for t in page], last_ordinal if more else 0))))
+        # Rendered now, when the filters were checked (later records of this step may move a
+        # task out of them); the reply still waits for the step's commit, like every reply.
+        step.replies.append((cmd.reply, ([task_view(t) for t in page], last_ordinal if more else 0)))
 
     def _on_cancel(self, cmd: C.CancelTask, step: Step) -> None:
         task = self.projection.tasks.get(cmd.task_id)
@@ -626,12 +630,17 @@ class DispatchLoop:
         step.replies.append((cmd.reply, _Deferred(lambda: task_view(task))))
 
     def _on_watch(self, cmd: C.WatchTask, step: Step) -> None:
+        if self._streams_closed:  # shutting down: close_streams ran, a new watch would outlive it
+            raise Unavailable("coordinator is shutting down; watch again")
         task = self.projection.tasks.get(cmd.task_id)
         if task is None:
             raise NotFound(f"task {cmd.task_id!r} not found")
         if not is_terminal(task.state):
             self._watchers.setdefault(cmd.task_id, []).append(cmd.queue)
-        step.replies.append((cmd.reply, _Deferred(lambda: task_view(task))))
+        # The first view is the task as of the registration, rendered now: the records of this
+        # step that follow reach the watcher's queue one view each (after the commit, like this
+        # reply), so a view rendered after the step would show them twice, the first out of order.
+        step.replies.append((cmd.reply, task_view(task)))
 
     def _on_unwatch(self, cmd: C.UnwatchTask, step: Step) -> None:
         queues = self._watchers.get(cmd.task_id)
