@@ -78,3 +78,41 @@ def test_a_watch_that_reaches_the_loop_after_streams_were_closed_is_ended_too(tm
             # Registered anyway: then its queue must carry the end of the stream.
             assert queue.qsize() == 1 and queue.get_nowait() is None
     asyncio.run(go())
+
+
+def test_a_filtered_list_page_does_bounded_work_and_paging_still_finds_every_match(tmp_path, monkeypatch):
+    """ListTasks(states=[CANCELED]) among 30,000 READY tasks and 3 canceled ones: each call may look at
+    a bounded number of tasks (the loop serves everyone else meanwhile); following next_page_token
+    still returns every match once, in submission order."""
+    from coordinator.core.ordinal_index import OrdinalIndex
+    visited = [0]
+    after = OrdinalIndex.after
+
+    def counting_after(self, ordinal):
+        for task in after(self, ordinal):
+            visited[0] += 1
+            yield task
+
+    async def go():
+        async with running_loop(tmp_path) as loop:
+            ids = []
+            for _ in range(3):
+                ids += await submit(loop, 10_000)
+            canceled = [ids[5], ids[15_000], ids[-1]]
+            for task_id in canceled:
+                await loop.call(lambda f, t=task_id: C.CancelTask(t, "x", f))
+            monkeypatch.setattr(OrdinalIndex, "after", counting_after)
+            seen, token, calls, most = [], 0, 0, 0
+            while True:
+                visited[0] = 0
+                views, token = await loop.call(lambda f: C.ListTasks(
+                    task_service_pb2.ListTasksRequest(states=[State.CANCELED]), token, 2, f))
+                calls += 1
+                most = max(most, visited[0])
+                seen += [v.task_id for v in views]
+                if not token:
+                    break
+                assert calls < 100
+            assert seen == canceled
+            assert most <= 10_001, f"one ListTasks call looked at {most} tasks"
+    asyncio.run(go())
