@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import time
+from bisect import bisect_right
 from typing import Any, Callable
 
 import grpc
@@ -60,6 +61,9 @@ WalRecord = wal_pb2.WalRecord
 INLINE_COMMIT_MAX_RECORDS = 32
 # Finished tasks past their retention are looked for at most this often (one record per sweep).
 RETENTION_SWEEP_MS = 1_000
+# A ListTasks call looks at most at this many tasks that its filters reject; then its page ends
+# (short, possibly empty) with a next_page_token after the last one looked at.
+LIST_SCAN_MAX_SKIPPED = 10_000
 
 CANCEL_REQUESTED = actor_service_pb2.CANCEL_REASON_REQUESTED
 CANCEL_TIMED_OUT = actor_service_pb2.CANCEL_REASON_TIMED_OUT
@@ -581,16 +585,25 @@ class DispatchLoop:
             parent = tasks.get(req.parent_task_id)
             if parent is None:
                 raise NotFound(f"parent_task_id: task {req.parent_task_id!r} not found")
-            candidates = [tasks[c] for c in parent.children if c in tasks and tasks[c].ordinal > cmd.after_ordinal]
+            # Children are listed in submission (= ordinal) order, each one a known task (a
+            # forgotten child leaves the list): seek in O(log n) instead of filtering them all.
+            kids = parent.children or ()
+            start = bisect_right(kids, cmd.after_ordinal, key=lambda c: tasks[c].ordinal)
+            candidates = (tasks[kids[i]] for i in range(start, len(kids)))
         else:
             # The ordinal index: seek in O(log n), then walk in submission order.
             candidates = self.projection.by_ordinal.after(cmd.after_ordinal)
+        skipped = 0
         for task in candidates:
-            if states and task.state not in states:
-                continue
-            if task_type and task.type != task_type:
-                continue
-            if schedule_id and task.spec.schedule_id != schedule_id:
+            if ((states and task.state not in states) or (task_type and task.type != task_type)
+                    or (schedule_id and task.spec.schedule_id != schedule_id)):
+                skipped += 1
+                if skipped >= LIST_SCAN_MAX_SKIPPED:
+                    # Bounded work per call: a short (even empty) page whose token resumes after
+                    # the last task looked at (it did not match; nothing is skipped or repeated).
+                    more = True
+                    last_ordinal = task.ordinal
+                    break
                 continue
             if len(page) == cmd.page_size:
                 more = True

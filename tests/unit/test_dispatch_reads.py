@@ -116,3 +116,25 @@ def test_a_filtered_list_page_does_bounded_work_and_paging_still_finds_every_mat
             assert seen == canceled
             assert most <= 10_001, f"one ListTasks call looked at {most} tasks"
     asyncio.run(go())
+
+
+def test_listing_a_parents_children_pages_in_submission_order(tmp_path):
+    from .test_dispatch_children import Actor
+    from .test_dispatch_operations import connect
+
+    async def go():
+        async with running_loop(tmp_path) as loop:
+            actor = Actor(loop, await connect(loop, slots=1))
+            [parent] = await submit(loop, task_id="p")
+            kids = [await actor.child(parent, f"c{i}", i, type="never-granted") for i in range(5)]
+            await loop.call(lambda f: C.CancelTask(kids[3], "x", f))
+            for request, want in ((dict(), kids), (dict(states=[State.READY]), kids[:3] + kids[4:])):
+                seen, token = [], 0
+                while True:
+                    views, token = await loop.call(lambda f: C.ListTasks(
+                        task_service_pb2.ListTasksRequest(parent_task_id=parent, **request), token, 2, f))
+                    seen += [v.task_id for v in views]
+                    if not token:
+                        break
+                assert seen == want
+    asyncio.run(go())
