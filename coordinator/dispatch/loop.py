@@ -41,7 +41,8 @@ from ..core import graph
 from ..core import retention
 from ..core.admission import Admission
 from ..core.durations import to_ms
-from ..core.errors import AlreadyExists, CorralError, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from ..core.errors import (AlreadyExists, CorralError, FailedPrecondition, InvalidField, NotFound,
+                           ResourceExhausted, Unavailable)
 from ..core.fleet import ConnectedActor, Fleet
 from ..core.projection import TIMER_ATTEMPT_DEADLINE, Projection
 from ..core.spec import spec_fingerprint
@@ -573,6 +574,10 @@ class DispatchLoop:
         step.replies.append((cmd.reply, _Deferred(lambda: task_view(task))))
 
     def _on_list(self, cmd: C.ListTasks, step: Step) -> None:
+        if cmd.after_ordinal > self.projection.submitted_count:
+            # Ordinals are durable and only grow: no ListTasks of this store returned this token.
+            raise InvalidField("page_token", "is not a token returned by ListTasks on this coordinator's "
+                                             "store (it names a task beyond every one submitted); list from the start")
         req = cmd.request
         states = frozenset(req.states)
         task_type = req.type

@@ -44,14 +44,17 @@ def encode_page_token(ordinal: int) -> str:
 
 
 def decode_page_token(token: str) -> int:
+    """The ordinal in a token `encode_page_token` made (exactly: nothing else decodes). Whether the
+    ordinal belongs to this store's history is checked by the dispatch loop (DispatchLoop._on_list)."""
     if not token:
         return 0
     try:
         text = base64.urlsafe_b64decode(token.encode()).decode()
-        if not text.startswith("o:"):
+        ordinal = int(text[2:]) if text.startswith("o:") and text[2:].isdigit() else 0
+        if ordinal <= 0 or encode_page_token(ordinal) != token:
             raise ValueError
-        return int(text[2:])
-    except (ValueError, UnicodeDecodeError):
+        return ordinal
+    except (ValueError, UnicodeError):
         raise InvalidField("page_token", "is not a token returned by ListTasks") from None
 
 
