@@ -10,7 +10,9 @@ Invariants:
   several for a step of more than MAX_EVENTS_PER_RESPONSE events).
 - The loop never waits for a subscriber: a queue holds at most `max_queued_events` events; a
   publication that would exceed it drops the subscriber instead (its queued events are discarded
-  and its stream ends with RESOURCE_EXHAUSTED as soon as its writer gets to it).
+  and its stream ends with RESOURCE_EXHAUSTED as soon as its writer gets to it). `Subscriber.closing`
+  is set when a subscriber is ended, so a writer blocked on a client that stopped reading gives up
+  its write and ends the stream (freeing its --max-streams-per-peer slot) instead of waiting on it.
 - With no subscriber the loop pays one truthiness check per step (`if hub.subscribers`).
 """
 from __future__ import annotations
@@ -47,7 +49,7 @@ class StreamEnd:
 class Subscriber:
     """One WatchEvents stream. `pending` counts the events queued and not yet taken by its writer."""
 
-    __slots__ = ("filter", "queue", "pending", "peer", "ended")
+    __slots__ = ("filter", "queue", "pending", "peer", "ended", "closing")
 
     def __init__(self, event_filter: EventFilter, peer: str = "") -> None:
         self.filter = event_filter
@@ -55,6 +57,7 @@ class Subscriber:
         self.pending = 0
         self.peer = peer
         self.ended = False
+        self.closing = asyncio.Event()  # set by EventHub.end: a StreamEnd is on the queue
 
     def take(self, item) -> None:
         """The writer took `item` off the queue (call once per item, before writing it)."""
@@ -144,6 +147,7 @@ class EventHub:
             queue.get_nowait()
         sub.pending = 0
         queue.put_nowait(StreamEnd(code, details))
+        sub.closing.set()  # a writer stuck on a client that does not read stops waiting
 
     def close_all(self, code: grpc.StatusCode, details: str) -> None:
         self.closed = True

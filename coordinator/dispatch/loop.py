@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import time
+from bisect import bisect_right
 from typing import Any, Callable
 
 import grpc
@@ -40,7 +41,8 @@ from ..core import graph
 from ..core import retention
 from ..core.admission import Admission
 from ..core.durations import to_ms
-from ..core.errors import AlreadyExists, CorralError, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from ..core.errors import (AlreadyExists, CorralError, FailedPrecondition, InvalidField, NotFound,
+                           ResourceExhausted, Unavailable)
 from ..core.fleet import ConnectedActor, Fleet
 from ..core.projection import TIMER_ATTEMPT_DEADLINE, Projection
 from ..core.spec import spec_fingerprint
@@ -60,6 +62,9 @@ WalRecord = wal_pb2.WalRecord
 INLINE_COMMIT_MAX_RECORDS = 32
 # Finished tasks past their retention are looked for at most this often (one record per sweep).
 RETENTION_SWEEP_MS = 1_000
+# A ListTasks call looks at most at this many tasks that its filters reject; then its page ends
+# (short, possibly empty) with a next_page_token after the last one looked at.
+LIST_SCAN_MAX_SKIPPED = 10_000
 
 CANCEL_REQUESTED = actor_service_pb2.CANCEL_REASON_REQUESTED
 CANCEL_TIMED_OUT = actor_service_pb2.CANCEL_REASON_TIMED_OUT
@@ -132,6 +137,7 @@ class DispatchLoop:
         self._stopping = False
         self._fatal: BaseException | None = None
         self._watchers: dict[str, list[asyncio.Queue]] = {}
+        self._streams_closed = False  # close_streams ran (shutdown): no new WatchTask
         self.steps = 0
         self._deadline_hold_until_ms = 0
         self.stale_results_rejected = 0
@@ -247,6 +253,7 @@ class DispatchLoop:
         on streams that never end by themselves. Actors reconnect to the next coordinator."""
         for actor in list(self.fleet.actors.values()):
             actor.session.close(grpc.StatusCode.UNAVAILABLE, reason)
+        self._streams_closed = True  # a WatchTask handled from now on is refused
         for queues in self._watchers.values():
             for q in queues:
                 q.put_nowait(None)
@@ -567,6 +574,10 @@ class DispatchLoop:
         step.replies.append((cmd.reply, _Deferred(lambda: task_view(task))))
 
     def _on_list(self, cmd: C.ListTasks, step: Step) -> None:
+        if cmd.after_ordinal > self.projection.submitted_count:
+            # Ordinals are durable and only grow: no ListTasks of this store returned this token.
+            raise InvalidField("page_token", "is not a token returned by ListTasks on this coordinator's "
+                                             "store (it names a task beyond every one submitted); list from the start")
         req = cmd.request
         states = frozenset(req.states)
         task_type = req.type
@@ -579,23 +590,34 @@ class DispatchLoop:
             parent = tasks.get(req.parent_task_id)
             if parent is None:
                 raise NotFound(f"parent_task_id: task {req.parent_task_id!r} not found")
-            candidates = [tasks[c] for c in parent.children if c in tasks and tasks[c].ordinal > cmd.after_ordinal]
+            # Children are listed in submission (= ordinal) order, each one a known task (a
+            # forgotten child leaves the list): seek in O(log n) instead of filtering them all.
+            kids = parent.children or ()
+            start = bisect_right(kids, cmd.after_ordinal, key=lambda c: tasks[c].ordinal)
+            candidates = (tasks[kids[i]] for i in range(start, len(kids)))
         else:
             # The ordinal index: seek in O(log n), then walk in submission order.
             candidates = self.projection.by_ordinal.after(cmd.after_ordinal)
+        skipped = 0
         for task in candidates:
-            if states and task.state not in states:
-                continue
-            if task_type and task.type != task_type:
-                continue
-            if schedule_id and task.spec.schedule_id != schedule_id:
+            if ((states and task.state not in states) or (task_type and task.type != task_type)
+                    or (schedule_id and task.spec.schedule_id != schedule_id)):
+                skipped += 1
+                if skipped >= LIST_SCAN_MAX_SKIPPED:
+                    # Bounded work per call: a short (even empty) page whose token resumes after
+                    # the last task looked at (it did not match; nothing is skipped or repeated).
+                    more = True
+                    last_ordinal = task.ordinal
+                    break
                 continue
             if len(page) == cmd.page_size:
                 more = True
                 break
             page.append(task)
             last_ordinal = task.ordinal
-        step.replies.append((cmd.reply, _Deferred(lambda: ([task_view(t) for t in page], last_ordinal if more else 0))))
+        # Rendered now, when the filters were checked (later records of this step may move a
+        # task out of them); the reply still waits for the step's commit, like every reply.
+        step.replies.append((cmd.reply, ([task_view(t) for t in page], last_ordinal if more else 0)))
 
     def _on_cancel(self, cmd: C.CancelTask, step: Step) -> None:
         task = self.projection.tasks.get(cmd.task_id)
@@ -626,12 +648,17 @@ class DispatchLoop:
         step.replies.append((cmd.reply, _Deferred(lambda: task_view(task))))
 
     def _on_watch(self, cmd: C.WatchTask, step: Step) -> None:
+        if self._streams_closed:  # shutting down: close_streams ran, a new watch would outlive it
+            raise Unavailable("coordinator is shutting down; watch again")
         task = self.projection.tasks.get(cmd.task_id)
         if task is None:
             raise NotFound(f"task {cmd.task_id!r} not found")
         if not is_terminal(task.state):
             self._watchers.setdefault(cmd.task_id, []).append(cmd.queue)
-        step.replies.append((cmd.reply, _Deferred(lambda: task_view(task))))
+        # The first view is the task as of the registration, rendered now: the records of this
+        # step that follow reach the watcher's queue one view each (after the commit, like this
+        # reply), so a view rendered after the step would show them twice, the first out of order.
+        step.replies.append((cmd.reply, task_view(task)))
 
     def _on_unwatch(self, cmd: C.UnwatchTask, step: Step) -> None:
         queues = self._watchers.get(cmd.task_id)

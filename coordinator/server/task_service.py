@@ -44,14 +44,17 @@ def encode_page_token(ordinal: int) -> str:
 
 
 def decode_page_token(token: str) -> int:
+    """The ordinal in a token `encode_page_token` made (exactly: nothing else decodes). Whether the
+    ordinal belongs to this store's history is checked by the dispatch loop (DispatchLoop._on_list)."""
     if not token:
         return 0
     try:
         text = base64.urlsafe_b64decode(token.encode()).decode()
-        if not text.startswith("o:"):
+        ordinal = int(text[2:]) if text.startswith("o:") and text[2:].isdigit() else 0
+        if ordinal <= 0 or encode_page_token(ordinal) != token:
             raise ValueError
-        return int(text[2:])
-    except (ValueError, UnicodeDecodeError):
+        return ordinal
+    except (ValueError, UnicodeError):
         raise InvalidField("page_token", "is not a token returned by ListTasks") from None
 
 
@@ -180,15 +183,36 @@ class TaskService(ScheduleRpcs, task_service_pb2_grpc.TaskServiceServicer):
         except asyncio.CancelledError:
             self.loop.post(C.UnwatchEvents(subscriber))  # the loop may register it anyway
             raise
+        write = closed = None
         try:
             # Subscribed: every event with a seq above this one follows (clients may wait for it).
             await context.send_initial_metadata((("corral-wal-seq", str(last_seq)),))
             queue = subscriber.queue
+            closing = subscriber.closing
             while True:
                 item = await queue.get()
                 if type(item) is StreamEnd:  # dropped (fell behind) or shutting down
-                    await context.abort(item.code, item.details)
+                    # Not `await context.abort(...)`: behind a write the client never reads, that
+                    # waits as long as the write would. Returning ends this handler (and frees its
+                    # stream slot) now; gRPC sends the status when the transport lets it.
+                    context.set_code(item.code)
+                    context.set_details(item.details)
+                    return
                 subscriber.take(item)
-                await context.write(item)
+                if closing.is_set():
+                    continue  # ended meanwhile: its StreamEnd comes next
+                # A client that stops reading blocks this write (flow control) for good: once the
+                # hub ends the subscriber, stop waiting and end the stream with the hub's status.
+                write = asyncio.ensure_future(context.write(item))
+                if closed is None:
+                    closed = asyncio.ensure_future(closing.wait())
+                await asyncio.wait((write, closed), return_when=asyncio.FIRST_COMPLETED)
+                if write.done():
+                    write.result()  # raises what the write raised
+                else:
+                    write.cancel()  # the subscriber's StreamEnd is next on the queue
         finally:
+            for waiting in (write, closed):
+                if waiting is not None and not waiting.done():
+                    waiting.cancel()
             self.loop.post(C.UnwatchEvents(subscriber))

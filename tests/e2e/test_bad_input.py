@@ -1,6 +1,8 @@
 """Bad input gets a precise status naming the field, and never disturbs what was acknowledged."""
 from __future__ import annotations
 
+import base64
+
 import grpc
 import pytest
 from google.protobuf import json_format
@@ -82,7 +84,11 @@ def test_list_rejects_unknown_state_bad_page_size_and_token(shared_cluster):
     for req, field in [(task_service_pb2.ListTasksRequest(states=[77]), "states[0]"),
                        (task_service_pb2.ListTasksRequest(page_size=-1), "page_size"),
                        (task_service_pb2.ListTasksRequest(page_size=5000), "page_size"),
-                       (task_service_pb2.ListTasksRequest(page_token="garbage"), "page_token")]:
+                       (task_service_pb2.ListTasksRequest(page_token="garbage"), "page_token"),
+                       # Well-formed base64, but no token ListTasks returns: a negative or padded
+                       # ordinal, and one above every task ever submitted (another store's token).
+                       *[(task_service_pb2.ListTasksRequest(page_token=base64.urlsafe_b64encode(t).decode()),
+                          "page_token") for t in (b"o:-5", b"o:0", b"o: 7", b"o:999999999999")]]:
         err = rpc_error(shared_cluster.tasks.ListTasks, req)
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith(field), err.details()
 

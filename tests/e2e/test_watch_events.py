@@ -118,3 +118,33 @@ def test_a_subscriber_that_does_not_read_is_dropped_and_the_cluster_keeps_workin
     thread.join(timeout=10)
     log = "".join(p.read_text(errors="replace") for p in cluster.workdir.glob("*-coordinator.log"))
     assert "dropped WatchEvents subscriber" in log
+
+
+def test_a_dropped_subscriber_that_never_reads_frees_its_stream_slot(make_cluster):
+    """A subscriber whose client stops reading altogether is dropped by the hub; its stream must end
+    then too (its watch-stream slot freed), not stay open while the server waits to write to it."""
+    cluster = make_cluster()
+    cluster.start_coordinator("--max-queued-events", "100", "--max-streams-per-peer", "1")
+    labels = {f"k{i:02d}": "v" * 256 for i in range(64)}  # ~20 KiB events: flow control fills fast
+    stuck = subscribe(cluster, types=["echo"])  # never read
+    wait_for(lambda: event_subscribers(cluster) == 1, 10, "the subscription")
+    for _ in range(40):  # no actor: SUBMITTED events only, 50 per commit (< the bound of 100)
+        cluster.tasks.SubmitTasks(task_service_pb2.SubmitTasksRequest(
+            tasks=[task_pb2.TaskSpec(type="echo", labels=labels) for _ in range(50)]), timeout=30)
+        if event_subscribers(cluster) == 0:
+            break
+    assert event_subscribers(cluster) == 0, "the subscriber that does not read was never dropped"
+
+    def slot_free() -> bool:
+        call = cluster.tasks.WatchEvents(task_service_pb2.WatchEventsRequest(), timeout=5)
+        if "corral-wal-seq" in dict(call.initial_metadata()):
+            call.cancel()
+            return True
+        with pytest.raises(grpc.RpcError) as refused:
+            next(call)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "watch streams open" in refused.value.details()
+        return False
+
+    wait_for(slot_free, 10, "the dropped stream to end and free its slot", interval_s=0.2)
+    stuck.cancel()
