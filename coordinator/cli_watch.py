@@ -8,7 +8,9 @@ Owns: `WatchSet`, the client's view of the watched tasks (pure: built from `Task
    parent with --children, and wait for each stream's initial metadata (the subscription is then in
    place: every later commit reaches it);
 3. take the snapshot: GetTask each id again, ListTasks(parent_task_id) for the children;
-4. apply events as they come, until every watched task is terminal.
+4. apply events as they come, until every watched task is terminal; with --children, list the
+   children once more then (a child's events and its parent's come on different streams), and go
+   on if that found one still running.
 
 Invariants of `WatchSet`: a task's view never moves back — an event older than what the view
 already holds (a lower seq, or a commit time before the snapshot's `updated_at`, i.e. an event
@@ -163,16 +165,29 @@ def follow(channel: grpc.Channel, task_ids: Sequence[str], *, children: bool, ti
                 event = watch.add_snapshot(task, child_of=parent)
                 if event is not None:
                     yield event
-        while not watch.done():
-            try:
-                child_of, events, error = inbox.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if error is not None:
-                raise error
-            for event in events:
-                if watch.apply(event, child_of=child_of):
-                    yield event
+        while True:
+            while not watch.done():
+                try:
+                    child_of, events, error = inbox.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if error is not None:
+                    raise error
+                for event in events:
+                    if watch.apply(event, child_of=child_of):
+                        yield event
+            if not watch.parents:
+                return
+            # All terminal as far as the streams said; but a parent's events and its children's
+            # come on different streams, so a child submitted after the listing may still be in
+            # flight. The committed state decides: list the children again before ending.
+            for parent in sorted(watch.parents):
+                for task in list_children(stub, parent, timeout_s):
+                    event = watch.add_snapshot(task, child_of=parent)
+                    if event is not None:
+                        yield event
+            if watch.done():
+                return
     finally:
         for call in calls:
             call.cancel()

@@ -277,3 +277,59 @@ def test_watch_table_lists_unfinished_tasks_first_and_is_bounded():
     lines = render(out.watch_table(list(watch.tasks.values()), max_rows=5)).splitlines()
     assert lines[2].split()[:3] == ["t29", "echo", "RUNNING"]
     assert "… and 25 more" in lines[-1]
+
+
+class _FakeStream:
+    """A WatchEvents call: yields the given responses, then blocks until cancelled."""
+
+    def __init__(self, responses) -> None:
+        import threading as _threading
+        self.responses = responses
+        self.cancelled = _threading.Event()
+
+    def initial_metadata(self):
+        return ()
+
+    def __iter__(self):
+        yield from self.responses
+        self.cancelled.wait(10)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class _FakeTaskStub:
+    """The TaskService calls `follow` makes, scripted: the parent ends on the types stream while
+    its child (submitted after the first listing) has sent nothing on the parent's stream yet."""
+
+    def __init__(self) -> None:
+        self.listings = 0
+
+    def GetTask(self, request, timeout=None):
+        return task_service_pb2.GetTaskResponse(task=make_task("p", S.TASK_STATE_RUNNING))
+
+    def WatchEvents(self, request):
+        if request.parent_task_id:
+            return _FakeStream([])  # the child's events are still in flight
+        done = task_service_pb2.TaskEvent(task_id="p", type="echo", state=S.TASK_STATE_FAILED, seq=5)
+        done.time.FromMilliseconds(1_700_000_005_000)
+        return _FakeStream([task_service_pb2.WatchEventsResponse(events=[done])])
+
+    def ListTasks(self, request, timeout=None):
+        self.listings += 1
+        if self.listings == 1:
+            return task_service_pb2.ListTasksResponse()
+        child = make_task("c", S.TASK_STATE_CANCELED, updated=1_700_000_005_000)
+        child.parent_task_id = "p"
+        return task_service_pb2.ListTasksResponse(tasks=[child])
+
+
+def test_watch_children_lists_them_again_before_ending(monkeypatch):
+    from coordinator import cli_watch
+    stub = _FakeTaskStub()
+    monkeypatch.setattr(cli_watch.task_service_pb2_grpc, "TaskServiceStub", lambda channel: stub)
+    watch = WatchSet(["p"], parents=["p"])
+    events = list(cli_watch.follow(object(), ["p"], children=True, timeout_s=5, watch=watch))
+    assert [e.task_id for e in events] == ["p", "p", "c"]
+    assert watch.tasks["c"].state == S.TASK_STATE_CANCELED and watch.done()
+    assert stub.listings == 2
