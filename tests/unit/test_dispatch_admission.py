@@ -1,0 +1,53 @@
+"""Admission on a real dispatch loop, in process (real projection, fleet and LMDB WAL; no gRPC):
+SubmitTasks batches (all or nothing, duplicates, prerequisites in the batch), concurrency keys
+and their policies, the queued-task bound and rate limits, as the loop applies them. Each history
+must leave the loop running and replay to the same projection."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from corral.v1 import task_pb2
+from coordinator.core.spec import SpecLimits, normalize_spec
+from coordinator.core.states import State
+from coordinator.dispatch import commands as C
+
+from .test_dispatch_children import Actor, assert_replays_to
+from .test_dispatch_operations import connect, running_loop, state_of, submit
+from .test_dispatch_retention import wait_until
+
+pytestmark = pytest.mark.timeout(20)
+
+
+async def submit_batch(loop, *specs: task_pb2.TaskSpec):
+    """One SubmitTasks request with these specs (normalized as the servicer does)."""
+    specs = list(specs)
+    fields = [f"tasks[{i}]" for i in range(len(specs))]
+    for s, field in zip(specs, fields):
+        normalize_spec(s, field, SpecLimits(), loop.now_ms())
+    return await loop.call(lambda f: C.SubmitTasks(specs, fields, f))
+
+
+def T(**fields) -> task_pb2.TaskSpec:
+    return task_pb2.TaskSpec(**{"type": "t", **fields})
+
+
+# ---- batches -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("duplicate", ["dependent", "prerequisite"])
+def test_a_batch_repeating_a_task_with_a_forward_prerequisite_is_written_once(tmp_path, duplicate):
+    """The same task twice in a batch (same spec: one task) that also has a forward prerequisite
+    (written out of request order): the repeat refers to a task written later in the batch."""
+    async def go():
+        async with running_loop(tmp_path) as loop:
+            repeat = T(task_id="b", depends_on=["a"]) if duplicate == "dependent" else T(task_id="a")
+            results = await submit_batch(loop, T(task_id="b", depends_on=["a"]), T(task_id="a"), repeat)
+            assert [(r[0], r[1]) for r in results] == [("b", True), ("a", True), (repeat.task_id, False)]
+            assert await state_of(loop, "a") == State.READY
+            assert await state_of(loop, "b") == State.WAITING_FOR_DEPENDENCIES
+            await submit(loop)  # the loop goes on
+            fingerprint = loop.projection.fingerprint()
+        assert_replays_to(tmp_path, fingerprint)
+
+    asyncio.run(go())
