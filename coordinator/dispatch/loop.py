@@ -511,8 +511,10 @@ class DispatchLoop:
             new = [i for i, (_, existing) in enumerate(plan) if existing is None]
             order = graph.plan_batch([plan[i][0] for i in new], [fields[i] for i in new], tasks.__contains__)
             if order is not None:
+                # Repeats (existing_id set) go last: one may repeat a task of this batch that the
+                # new order writes after its own position.
                 placed = {new[k] for k in order}
-                write_order = [i for i in range(len(plan)) if i not in placed] + [new[k] for k in order]
+                write_order = [new[k] for k in order] + [i for i in range(len(plan)) if i not in placed]
         # The global bound on queued tasks (core/admission.py): refused before anything is written.
         self.admission.check_queued(self.projection, len(plan),
                                     lambda: sum(1 for _, existing in plan if existing is None))
