@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from corral.v1 import task_pb2, wal_pb2
-from coordinator.core import admission, decisions
+from coordinator.core import admission, decisions, graph
 from coordinator.core.concurrency import normalize_concurrency
 from coordinator.core.errors import InvalidField, ResourceExhausted
 from coordinator.core.projection import Projection
@@ -216,6 +216,36 @@ def test_canceling_waiting_and_admitted_tasks_frees_their_place() -> None:
         sim.cancel("k0")  # the admitted one: k2 is admitted in its place
     assert keys(sim).holds("k2", "k") and keys(sim).waiting("k") == 0
     assert sim.projection.ready_count == 1
+
+
+@pytest.mark.parametrize("how", ["cancel", "schedule_to_start", "declare_dependency"])
+def test_a_waiting_head_that_leaves_lets_the_next_one_take_room_under_its_own_limit(how) -> None:
+    """Each task is checked against its own limit: a waiting head with limit 1 holds back a task
+    with limit 2 behind it while one task runs; once that head is gone (canceled, timed out,
+    given prerequisites), the next one takes the room its limit leaves at once, not only when
+    the running task ends."""
+    sim = keyed_sim(slots=5)
+    with sim.step(T0 + 1):
+        submit(sim, "running", kspec("k", limit=2))
+        submit(sim, "prerequisite", spec(type="never-granted", now_ms=sim.now))
+        assert granted_ids(sim) == ["running"]
+        submit(sim, "head", kspec("k", limit=1, priority=5, schedule_to_start_ms=1_000))
+        submit(sim, "next", kspec("k", limit=2))
+        assert granted_ids(sim) == []  # the head (limit 1) waits, and "next" behind it
+    with sim.step(T0 + 2_000):
+        if how == "cancel":
+            sim.cancel("head")
+        elif how == "schedule_to_start":
+            sim.fire_timers()
+        else:
+            for record in graph.declare_records(sim.projection, sim.projection.tasks["head"], ["prerequisite"]):
+                sim.emit(record)  # as DispatchLoop._on_declare_dependency writes them
+        assert sim.state("head") != State.READY
+        assert keys(sim).holds("next", "k")
+        assert granted_ids(sim) == ["next"]
+    assert keys(sim).occupancy("k") == 2
+    check_key_invariants(sim.projection)
+    assert replay(sim.all_records).fingerprint() == sim.projection.fingerprint()
 
 
 def test_canceled_waiting_entries_are_compacted_and_the_order_kept() -> None:
