@@ -16,6 +16,9 @@ How a key gates dispatch (the cost does not grow with the number of waiting task
 - A task that holds its key and goes READY again (lost attempt, handed back, retry with
   hold_key_during_retry) keeps its place: its hold becomes an admission, no newcomer can take
   the key in between.
+- Admission is retried whenever the key may have room for its head: an occupant leaves, a task
+  becomes READY, or a waiting task leaves (it may have been the head, whose own limit held back
+  a task with a higher limit behind it).
 - Waiting heaps use the ready queues' order (priority with aging, then FIFO: see
   `Projection.ready_entry`) and lazy deletion: an entry counts only if its task is still READY
   with the same ready_order and not admitted.
@@ -141,11 +144,13 @@ class ConcurrencyIndex:
         gate = self.gates[task.concurrency_key]
         task_id = task.task_id
         occupying = task_id in gate.occupants
+        left_waiting = False
         if previous == READY:
             if occupying:
                 projection.left_ready_queue(task)  # it was admitted: in a ready queue
             else:
                 gate.waiting_count -= 1  # its waiting entry is stale from now on
+                left_waiting = True  # it may have been the head: the next one's limit decides now
         if state == RUNNING:
             holds = True
         elif state == RETRY_WAIT:
@@ -174,7 +179,7 @@ class ConcurrencyIndex:
             if not gate.members:
                 del self.gates[gate.key]
                 return
-        if released or state == READY:
+        if released or left_waiting or state == READY:
             self._admit(gate)
 
     def _admit(self, gate: KeyGate) -> None:
