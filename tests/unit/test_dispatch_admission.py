@@ -51,3 +51,32 @@ def test_a_batch_repeating_a_task_with_a_forward_prerequisite_is_written_once(tm
         assert_replays_to(tmp_path, fingerprint)
 
     asyncio.run(go())
+
+
+# ---- concurrency keys --------------------------------------------------------------------------
+
+CIP = task_pb2.CONCURRENCY_POLICY_CANCEL_IN_PROGRESS
+
+
+def test_a_cancel_in_progress_newcomer_whose_prerequisite_already_failed_supersedes_nothing(tmp_path):
+    """A newcomer that is CANCELED at once (a prerequisite had already been canceled) never runs,
+    so it must not cancel the work it was meant to replace."""
+    async def go():
+        async with running_loop(tmp_path) as loop:
+            actor = Actor(loop, await connect(loop))
+            [dead] = await submit(loop, type="never-granted")
+            await loop.call(lambda f: C.CancelTask(dead, "stop", f))
+            [running] = await submit(loop, concurrency_key="k")
+            await actor.lease(running)
+            [waiting] = await submit(loop, concurrency_key="k")
+            [newcomer] = await submit(loop, concurrency_key="k", concurrency_policy=CIP, depends_on=[dead])
+            assert await state_of(loop, newcomer) == State.CANCELED
+            assert not loop.projection.tasks[running].cancel_requested
+            assert await state_of(loop, running) == State.RUNNING
+            assert await state_of(loop, waiting) == State.READY
+            actor.drain()
+            assert actor.cancels == []
+            fingerprint = loop.projection.fingerprint()
+        assert_replays_to(tmp_path, fingerprint)
+
+    asyncio.run(go())
