@@ -543,14 +543,13 @@ class DispatchLoop:
         event.state = state
         event.ready_at_unix_ms = ready_at
         self._emit(record, spec.task_id, step)
-        if spec.concurrency_key:
-            self._apply_key_policy(tasks[spec.task_id], step)
-            state = tasks[spec.task_id].state  # DROP_NEW may have ended it at once
-        if doomed is not None and tasks[spec.task_id].state == State.WAITING_FOR_DEPENDENCIES:
-            # A prerequisite already FAILED or was CANCELED: accepted, and canceled at once.
+        if doomed is not None:
+            # A prerequisite already FAILED or was CANCELED: accepted, and canceled at once. First,
+            # so that a newcomer that will never run supersedes nothing (CANCEL_IN_PROGRESS).
             self._emit(graph.canceled_record(spec.task_id, tasks[doomed]), spec.task_id, step)
-            state = tasks[spec.task_id].state
-        return spec.task_id, True, state
+        elif spec.concurrency_key:
+            self._apply_key_policy(tasks[spec.task_id], step)
+        return spec.task_id, True, tasks[spec.task_id].state  # DROP_NEW may have ended it at once
 
     def _on_declare_dependency(self, cmd: C.DeclareDependency, step: Step) -> None:
         """TaskService.DeclareDependency: add prerequisites to a task that has not started."""
