@@ -2,7 +2,9 @@
 
 Owns the decisions, as pure functions of the projection (plus the volatile rate-limit buckets):
 - the global bound on queued tasks (`max_queued_tasks`): a submission that would take the number
-  of SCHEDULED + READY + RETRY_WAIT tasks over it is refused, RESOURCE_EXHAUSTED, all or nothing;
+  of SCHEDULED + READY + RETRY_WAIT + WAITING_FOR_DEPENDENCIES tasks over it is refused,
+  RESOURCE_EXHAUSTED, all or nothing (every new task of the request counts, even one that its
+  DROP_NEW policy or an already-failed prerequisite will cancel in the same step);
 - the concurrency-key policies that act when a task arrives (core/concurrency.py keeps who holds
   which key): CANCEL_IN_PROGRESS cancels every earlier unfinished task with the key; DROP_NEW
   ends the newcomer CANCELED if it cannot take the key at once (accepted, then canceled with a
