@@ -13,7 +13,7 @@ from coordinator.core.spec import SpecLimits, normalize_spec
 from coordinator.core.states import State
 from coordinator.dispatch import commands as C
 
-from .test_dispatch_children import Actor, assert_replays_to
+from .test_dispatch_children import Actor, assert_replays_to, ended
 from .test_dispatch_operations import connect, running_loop, state_of, submit
 from .test_dispatch_retention import wait_until
 
@@ -76,6 +76,50 @@ def test_a_cancel_in_progress_newcomer_whose_prerequisite_already_failed_superse
             assert await state_of(loop, waiting) == State.READY
             actor.drain()
             assert actor.cancels == []
+            fingerprint = loop.projection.fingerprint()
+        assert_replays_to(tmp_path, fingerprint)
+
+    asyncio.run(go())
+
+
+def test_a_superseded_task_whose_actor_reports_success_frees_the_key_for_the_newcomer(tmp_path):
+    """CANCEL_IN_PROGRESS while the victim's cancel is pending: the victim's success stands, and
+    only then does the newcomer get the key (never two running)."""
+    async def go():
+        async with running_loop(tmp_path) as loop:
+            actor = Actor(loop, await connect(loop, slots=4))
+            [victim] = await submit(loop, concurrency_key="k")
+            await actor.lease(victim)
+            [newcomer] = await submit(loop, concurrency_key="k", concurrency_policy=CIP)
+            await wait_until(lambda: actor.drain() or actor.cancels)
+            assert [c.lease.task_id for c in actor.cancels] == [victim]
+            assert await state_of(loop, newcomer) == State.READY and newcomer not in actor.leases
+            [late] = await submit(loop, concurrency_key="k", concurrency_policy=task_pb2.CONCURRENCY_POLICY_DROP_NEW)
+            assert await state_of(loop, late) == State.CANCELED  # the key is still taken
+            await actor.report(victim)
+            assert (await ended(loop, victim)).state == State.SUCCEEDED
+            await actor.lease(newcomer)
+            assert loop.projection.concurrency.occupancy("k") == 1
+            fingerprint = loop.projection.fingerprint()
+        assert_replays_to(tmp_path, fingerprint)
+
+    asyncio.run(go())
+
+
+def test_a_batch_over_the_queued_task_bound_writes_nothing(tmp_path):
+    async def go():
+        from coordinator.core.admission import Admission
+        from coordinator.core.errors import ResourceExhausted
+
+        async with running_loop(tmp_path, admission=Admission(max_queued_tasks=3)) as loop:
+            await submit_batch(loop, T(task_id="a"), T(task_id="b"))
+            before = loop.projection.fingerprint()
+            with pytest.raises(ResourceExhausted):
+                await submit_batch(loop, T(task_id="c", depends_on=["d"]), T(task_id="d"))
+            assert loop.projection.fingerprint() == before and "d" not in loop.projection.tasks
+            # Repeats are not new: a batch of one new task and two repeats fits.
+            results = await submit_batch(loop, T(task_id="a"), T(task_id="c"), T(task_id="b"))
+            assert [r[1] for r in results] == [False, True, False]
             fingerprint = loop.projection.fingerprint()
         assert_replays_to(tmp_path, fingerprint)
 
