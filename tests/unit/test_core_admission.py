@@ -372,6 +372,24 @@ def test_drop_new_of_a_scheduled_task_is_decided_when_it_becomes_eligible() -> N
         assert granted_ids(sim) == ["late-free"]
 
 
+@pytest.mark.parametrize("delayed", [False, True])
+def test_drop_new_decides_the_same_at_submission_and_at_not_before(delayed) -> None:
+    """One task runs (limit 2); a limit-1 task waits for the key. A high-priority DROP_NEW task
+    with limit 2 has room under its own limit and goes ahead of the waiting one: taken, whether
+    it arrives now or reaches its not_before now (one key mixing limits: each task's own counts)."""
+    sim = keyed_sim(slots=5)
+    with sim.step(T0 + 1):
+        submit(sim, "running", kspec("k", limit=2))
+        assert granted_ids(sim) == ["running"]
+        submit(sim, "waiting", kspec("k", limit=1))
+        extra = dict(not_before_ms=T0 + 1_000) if delayed else {}
+        submit(sim, "urgent", kspec("k", limit=2, policy=DROP, priority=9, **extra))
+    with sim.step(T0 + 1_000):
+        sim.fire_timers()
+        assert sim.state("urgent") == State.READY
+        assert granted_ids(sim) == ["urgent"]
+
+
 # ---- the bound on queued tasks -----------------------------------------------------------------
 
 def test_max_queued_tasks_counts_waiting_tasks_not_running_ones() -> None:
