@@ -101,11 +101,12 @@ def drop_record(task: TaskRecord) -> wal_pb2.WalRecord:
         error=task_pb2.TaskError(message=reason, kind="concurrency_limit")))
 
 
-def drop_on_promote(projection: Projection, task: TaskRecord) -> wal_pb2.WalRecord | None:
-    """A SCHEDULED DROP_NEW task reaches its not_before: the drop record if its key is full."""
+def drop_on_promote(projection: Projection, task: TaskRecord, now_ms: int) -> wal_pb2.WalRecord | None:
+    """A SCHEDULED DROP_NEW task reaches its not_before: the drop record if it could not take its
+    key at once (decided as at submission)."""
     spec = task.spec
     if (task.state == SCHEDULED and task.concurrency_key and spec.concurrency_policy == DROP_NEW
-            and not projection.concurrency.has_room(task.concurrency_key, spec.concurrency_limit)):
+            and not projection.concurrency.would_admit(task, now_ms)):
         return drop_record(task)
     return None
 

@@ -114,10 +114,20 @@ class ConcurrencyIndex:
         gate = self.gates.get(key)
         return gate.waiting_count if gate is not None else 0
 
-    def has_room(self, key: str, limit: int) -> bool:
-        """Could a task with this key and limit take the key now (nobody ahead, below the limit)?"""
-        gate = self.gates.get(key)
-        return gate is None or (gate.waiting_count == 0 and len(gate.occupants) < limit)
+    def would_admit(self, task, now_ms: int) -> bool:
+        """Would `task` (a member, not READY) take its key at once if it became READY at `now_ms`?
+        As `transition` would decide: below its own limit, and ahead of every waiting task (a
+        waiting head always lacks room under its own limit, or it would have been admitted)."""
+        gate = self.gates.get(task.concurrency_key)
+        if gate is None:
+            return True
+        if len(gate.occupants) >= task.spec.concurrency_limit:
+            return False
+        if not gate.waiting_count:
+            return True
+        head = self._live_head(gate)
+        # Its entry would have a later ready_order than any: ahead only with a smaller sort key.
+        return head is None or self.projection.ready_sort_key(task, now_ms) < head[0]
 
     def holds(self, task_id: str, key: str) -> bool:
         gate = self.gates.get(key)
@@ -181,6 +191,19 @@ class ConcurrencyIndex:
                 return
         if released or left_waiting or state == READY:
             self._admit(gate)
+
+    def _live_head(self, gate: KeyGate) -> tuple[int, int, str] | None:
+        """The best waiting entry that still counts, dropping stale ones above it (lazy deletion)."""
+        waiting = gate.waiting
+        tasks = self.projection.tasks
+        while waiting:
+            entry = waiting[0]
+            task = tasks.get(entry[2])
+            if task is None or task.state != READY or task.ready_order != entry[1] or entry[2] in gate.occupants:
+                heapq.heappop(waiting)
+                continue
+            return entry
+        return None
 
     def _admit(self, gate: KeyGate) -> None:
         """Move waiting tasks, best first, into the ready queues while the key has room."""
