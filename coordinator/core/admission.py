@@ -2,7 +2,9 @@
 
 Owns the decisions, as pure functions of the projection (plus the volatile rate-limit buckets):
 - the global bound on queued tasks (`max_queued_tasks`): a submission that would take the number
-  of SCHEDULED + READY + RETRY_WAIT tasks over it is refused, RESOURCE_EXHAUSTED, all or nothing;
+  of SCHEDULED + READY + RETRY_WAIT + WAITING_FOR_DEPENDENCIES tasks over it is refused,
+  RESOURCE_EXHAUSTED, all or nothing (every new task of the request counts, even one that its
+  DROP_NEW policy or an already-failed prerequisite will cancel in the same step);
 - the concurrency-key policies that act when a task arrives (core/concurrency.py keeps who holds
   which key): CANCEL_IN_PROGRESS cancels every earlier unfinished task with the key; DROP_NEW
   ends the newcomer CANCELED if it cannot take the key at once (accepted, then canceled with a
@@ -99,11 +101,12 @@ def drop_record(task: TaskRecord) -> wal_pb2.WalRecord:
         error=task_pb2.TaskError(message=reason, kind="concurrency_limit")))
 
 
-def drop_on_promote(projection: Projection, task: TaskRecord) -> wal_pb2.WalRecord | None:
-    """A SCHEDULED DROP_NEW task reaches its not_before: the drop record if its key is full."""
+def drop_on_promote(projection: Projection, task: TaskRecord, now_ms: int) -> wal_pb2.WalRecord | None:
+    """A SCHEDULED DROP_NEW task reaches its not_before: the drop record if it could not take its
+    key at once (decided as at submission)."""
     spec = task.spec
     if (task.state == SCHEDULED and task.concurrency_key and spec.concurrency_policy == DROP_NEW
-            and not projection.concurrency.has_room(task.concurrency_key, spec.concurrency_limit)):
+            and not projection.concurrency.would_admit(task, now_ms)):
         return drop_record(task)
     return None
 

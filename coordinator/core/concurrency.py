@@ -16,6 +16,9 @@ How a key gates dispatch (the cost does not grow with the number of waiting task
 - A task that holds its key and goes READY again (lost attempt, handed back, retry with
   hold_key_during_retry) keeps its place: its hold becomes an admission, no newcomer can take
   the key in between.
+- Admission is retried whenever the key may have room for its head: an occupant leaves, a task
+  becomes READY, or a waiting task leaves (it may have been the head, whose own limit held back
+  a task with a higher limit behind it).
 - Waiting heaps use the ready queues' order (priority with aging, then FIFO: see
   `Projection.ready_entry`) and lazy deletion: an entry counts only if its task is still READY
   with the same ready_order and not admitted.
@@ -111,10 +114,20 @@ class ConcurrencyIndex:
         gate = self.gates.get(key)
         return gate.waiting_count if gate is not None else 0
 
-    def has_room(self, key: str, limit: int) -> bool:
-        """Could a task with this key and limit take the key now (nobody ahead, below the limit)?"""
-        gate = self.gates.get(key)
-        return gate is None or (gate.waiting_count == 0 and len(gate.occupants) < limit)
+    def would_admit(self, task, now_ms: int) -> bool:
+        """Would `task` (a member, not READY) take its key at once if it became READY at `now_ms`?
+        As `transition` would decide: below its own limit, and ahead of every waiting task (a
+        waiting head always lacks room under its own limit, or it would have been admitted)."""
+        gate = self.gates.get(task.concurrency_key)
+        if gate is None:
+            return True
+        if len(gate.occupants) >= task.spec.concurrency_limit:
+            return False
+        if not gate.waiting_count:
+            return True
+        head = self._live_head(gate)
+        # Its entry would have a later ready_order than any: ahead only with a smaller sort key.
+        return head is None or self.projection.ready_sort_key(task, now_ms) < head[0]
 
     def holds(self, task_id: str, key: str) -> bool:
         gate = self.gates.get(key)
@@ -141,11 +154,13 @@ class ConcurrencyIndex:
         gate = self.gates[task.concurrency_key]
         task_id = task.task_id
         occupying = task_id in gate.occupants
+        left_waiting = False
         if previous == READY:
             if occupying:
                 projection.left_ready_queue(task)  # it was admitted: in a ready queue
             else:
                 gate.waiting_count -= 1  # its waiting entry is stale from now on
+                left_waiting = True  # it may have been the head: the next one's limit decides now
         if state == RUNNING:
             holds = True
         elif state == RETRY_WAIT:
@@ -174,8 +189,21 @@ class ConcurrencyIndex:
             if not gate.members:
                 del self.gates[gate.key]
                 return
-        if released or state == READY:
+        if released or left_waiting or state == READY:
             self._admit(gate)
+
+    def _live_head(self, gate: KeyGate) -> tuple[int, int, str] | None:
+        """The best waiting entry that still counts, dropping stale ones above it (lazy deletion)."""
+        waiting = gate.waiting
+        tasks = self.projection.tasks
+        while waiting:
+            entry = waiting[0]
+            task = tasks.get(entry[2])
+            if task is None or task.state != READY or task.ready_order != entry[1] or entry[2] in gate.occupants:
+                heapq.heappop(waiting)
+                continue
+            return entry
+        return None
 
     def _admit(self, gate: KeyGate) -> None:
         """Move waiting tasks, best first, into the ready queues while the key has room."""

@@ -161,7 +161,7 @@ def timer_record(projection: Projection, kind: int, task_id: str, attempt: int, 
     if kind == TIMER_PROMOTE:
         if (state == State.SCHEDULED or state == State.RETRY_WAIT) and task.ready_at_ms <= now_ms:
             if task.concurrency_key:
-                dropped = drop_on_promote(projection, task)  # DROP_NEW and its key is full
+                dropped = drop_on_promote(projection, task, now_ms)  # DROP_NEW and its key is full
                 if dropped is not None:
                     return dropped
             return wal_pb2.WalRecord(task_state_changed=wal_pb2.TaskStateChanged(task_id=task_id, state=State.READY))

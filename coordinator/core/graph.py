@@ -276,7 +276,7 @@ def promotion_record(projection: Projection, task: TaskRecord, now_ms: int) -> w
             task_id=task.task_id, state=SCHEDULED, reason="prerequisites succeeded; waiting for not_before"))
     spec = task.spec
     if (task.concurrency_key and spec.concurrency_policy == DROP_NEW
-            and not projection.concurrency.has_room(task.concurrency_key, spec.concurrency_limit)):
+            and not projection.concurrency.would_admit(task, now_ms)):
         return drop_record(task)
     return wal_pb2.WalRecord(task_state_changed=wal_pb2.TaskStateChanged(
         task_id=task.task_id, state=READY, reason="prerequisites succeeded"))

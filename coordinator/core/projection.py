@@ -205,9 +205,13 @@ class Projection:
                 # restart rebuilds it from eligible_since_ms; both must decide the same.
                 self._add_timer(task.eligible_since_ms + task.schedule_to_start_ms, TIMER_SCHEDULE_TO_START,
                                 task.task_id, 0)
-        aging = self.priority_aging_ms
-        key = task.ready_key = now_ms - task.priority * aging if aging else -task.priority
+        key = task.ready_key = self.ready_sort_key(task, now_ms)
         return (key, task.ready_order, task.task_id)
+
+    def ready_sort_key(self, task: TaskRecord, now_ms: int) -> int:
+        """The sort key `ready_entry` gives a task that becomes READY at `now_ms` (no side effect)."""
+        aging = self.priority_aging_ms
+        return now_ms - task.priority * aging if aging else -task.priority
 
     def push_ready(self, task: TaskRecord, entry: tuple[int, int, str]) -> None:
         """Put a READY task where selection finds it (for keyed tasks: once admitted)."""

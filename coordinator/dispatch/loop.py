@@ -518,8 +518,10 @@ class DispatchLoop:
             new = [i for i, (_, existing) in enumerate(plan) if existing is None]
             order = graph.plan_batch([plan[i][0] for i in new], [fields[i] for i in new], tasks.__contains__)
             if order is not None:
+                # Repeats (existing_id set) go last: one may repeat a task of this batch that the
+                # new order writes after its own position.
                 placed = {new[k] for k in order}
-                write_order = [i for i in range(len(plan)) if i not in placed] + [new[k] for k in order]
+                write_order = [new[k] for k in order] + [i for i in range(len(plan)) if i not in placed]
         # The global bound on queued tasks (core/admission.py): refused before anything is written.
         self.admission.check_queued(self.projection, len(plan),
                                     lambda: sum(1 for _, existing in plan if existing is None))
@@ -548,14 +550,13 @@ class DispatchLoop:
         event.state = state
         event.ready_at_unix_ms = ready_at
         self._emit(record, spec.task_id, step)
-        if spec.concurrency_key:
-            self._apply_key_policy(tasks[spec.task_id], step)
-            state = tasks[spec.task_id].state  # DROP_NEW may have ended it at once
-        if doomed is not None and tasks[spec.task_id].state == State.WAITING_FOR_DEPENDENCIES:
-            # A prerequisite already FAILED or was CANCELED: accepted, and canceled at once.
+        if doomed is not None:
+            # A prerequisite already FAILED or was CANCELED: accepted, and canceled at once. First,
+            # so that a newcomer that will never run supersedes nothing (CANCEL_IN_PROGRESS).
             self._emit(graph.canceled_record(spec.task_id, tasks[doomed]), spec.task_id, step)
-            state = tasks[spec.task_id].state
-        return spec.task_id, True, state
+        elif spec.concurrency_key:
+            self._apply_key_policy(tasks[spec.task_id], step)
+        return spec.task_id, True, tasks[spec.task_id].state  # DROP_NEW may have ended it at once
 
     def _on_declare_dependency(self, cmd: C.DeclareDependency, step: Step) -> None:
         """TaskService.DeclareDependency: add prerequisites to a task that has not started."""

@@ -79,6 +79,17 @@ def test_failed_prerequisite_cancels_dependents_transitively(cluster):
     assert late.state == S.TASK_STATE_CANCELED
 
 
+def test_a_batch_repeating_a_task_next_to_a_forward_prerequisite_is_answered_and_runs(cluster):
+    # A repeat of a task of the same request, in a request that is written out of order (a
+    # forward prerequisite): it used to be written before the task it repeats, failing the
+    # coordinator's dispatch loop.
+    cluster.start_actor("g1", app=APP, slots=4)
+    resp = submit_batch(cluster, [spec("r-b", ["r-a"]), spec("r-a"), spec("r-b", ["r-a"])])
+    assert [(r.task_id, r.created) for r in resp.results] == [("r-b", True), ("r-a", True), ("r-b", False)]
+    assert cluster.wait_state("r-b", timeout_s=30).state == S.TASK_STATE_SUCCEEDED
+    assert submit_batch(cluster, [spec("r-next")]).results[0].created  # still serving
+
+
 def test_bad_graphs_are_refused_with_invalid_argument(cluster):
     cycle = refused(lambda: submit_batch(cluster, [spec("x1", ["x3"]), spec("x2", ["x1"]), spec("x3", ["x2"])]))
     assert cycle.code() == grpc.StatusCode.INVALID_ARGUMENT and "cycle" in cycle.details()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from corral.v1 import task_pb2, wal_pb2
-from coordinator.core import admission, decisions
+from coordinator.core import admission, decisions, graph
 from coordinator.core.concurrency import normalize_concurrency
 from coordinator.core.errors import InvalidField, ResourceExhausted
 from coordinator.core.projection import Projection
@@ -218,6 +218,38 @@ def test_canceling_waiting_and_admitted_tasks_frees_their_place() -> None:
     assert sim.projection.ready_count == 1
 
 
+@pytest.mark.parametrize("how", ["cancel", "schedule_to_start", "declare_dependency"])
+def test_a_waiting_head_that_leaves_lets_the_next_one_take_room_under_its_own_limit(how, tmp_path) -> None:
+    """Each task is checked against its own limit: a waiting head with limit 1 holds back a task
+    with limit 2 behind it while one task runs; once that head is gone (canceled, timed out,
+    given prerequisites), the next one takes the room its limit leaves at once, not only when
+    the running task ends."""
+    wal = WriteAheadLog(tmp_path / "wal", map_size_bytes=1 << 22, sync=False)
+    sim = keyed_sim(slots=5, wal=wal)
+    with sim.step(T0 + 1):
+        submit(sim, "running", kspec("k", limit=2))
+        submit(sim, "prerequisite", spec(type="never-granted", now_ms=sim.now))
+        assert granted_ids(sim) == ["running"]
+        submit(sim, "head", kspec("k", limit=1, priority=5, schedule_to_start_ms=1_000))
+        submit(sim, "next", kspec("k", limit=2))
+        assert granted_ids(sim) == []  # the head (limit 1) waits, and "next" behind it
+    with sim.step(T0 + 2_000):
+        if how == "cancel":
+            sim.cancel("head")
+        elif how == "schedule_to_start":
+            sim.fire_timers()
+        else:
+            for record in graph.declare_records(sim.projection, sim.projection.tasks["head"], ["prerequisite"]):
+                sim.emit(record)  # as DispatchLoop._on_declare_dependency writes them
+        assert sim.state("head") != State.READY
+        assert keys(sim).holds("next", "k")
+        assert granted_ids(sim) == ["next"]
+    assert keys(sim).occupancy("k") == 2
+    check_key_invariants(sim.projection)
+    assert replay(wal.records()).fingerprint() == sim.projection.fingerprint()
+    wal.close()
+
+
 def test_canceled_waiting_entries_are_compacted_and_the_order_kept() -> None:
     sim = keyed_sim(slots=1)
     with sim.step(T0 + 1):
@@ -338,6 +370,24 @@ def test_drop_new_of_a_scheduled_task_is_decided_when_it_becomes_eligible() -> N
     with sim.step(T0 + 3_000):
         sim.fire_timers()
         assert granted_ids(sim) == ["late-free"]
+
+
+@pytest.mark.parametrize("delayed", [False, True])
+def test_drop_new_decides_the_same_at_submission_and_at_not_before(delayed) -> None:
+    """One task runs (limit 2); a limit-1 task waits for the key. A high-priority DROP_NEW task
+    with limit 2 has room under its own limit and goes ahead of the waiting one: taken, whether
+    it arrives now or reaches its not_before now (one key mixing limits: each task's own counts)."""
+    sim = keyed_sim(slots=5)
+    with sim.step(T0 + 1):
+        submit(sim, "running", kspec("k", limit=2))
+        assert granted_ids(sim) == ["running"]
+        submit(sim, "waiting", kspec("k", limit=1))
+        extra = dict(not_before_ms=T0 + 1_000) if delayed else {}
+        submit(sim, "urgent", kspec("k", limit=2, policy=DROP, priority=9, **extra))
+    with sim.step(T0 + 1_000):
+        sim.fire_timers()
+        assert sim.state("urgent") == State.READY
+        assert granted_ids(sim) == ["urgent"]
 
 
 # ---- the bound on queued tasks -----------------------------------------------------------------
