@@ -223,8 +223,10 @@ def select_grants(projection: Projection, fleet: Fleet,
 
     Ready queues are per (type, required capabilities); only queues with at least one eligible
     actor with a free slot are looked at, so tasks nobody can run cost nothing per step. Among
-    eligible actors the most specialised one (fewest task types) with a free slot is preferred,
-    then the one with the most free slots, so generalists stay free for what only they can run.
+    eligible actors the one with the fewest capabilities (those a task does not need are kept for
+    tasks that do), then the most specialised (fewest task types), with a free slot is preferred,
+    then the one with the most free slots, so generalists and capable actors stay free for what
+    only they can run.
     `type_budget` (rate limits): at most this many grants for each type it names.
     Pure: the ready queues are left as they were (heads taken are pushed back).
     """
@@ -237,6 +239,8 @@ def select_grants(projection: Projection, fleet: Fleet,
     queues = projection.ready_queues
     frontier: list[tuple[int, int, str, tuple]] = []
     eligible: dict[tuple, list[ConnectedActor]] = {}
+    # An actor's level, lowest preferred: capabilities first, then task types (one int to compare).
+    level_of = {a.key: (len(a.capabilities) << 20) + min(len(a.task_types), (1 << 20) - 1) for a in free_actors}
     for key, queue in queues.items():
         if not queue:
             continue
@@ -245,7 +249,7 @@ def select_grants(projection: Projection, fleet: Fleet,
                   if task_type in a.task_types and (not caps or caps <= a.capabilities)]
         if not actors:
             continue
-        actors.sort(key=lambda a: len(a.task_types))
+        actors.sort(key=lambda a: level_of[a.key])
         eligible[key] = actors
         _push_head(frontier, queue, tasks, key)
     grants: list[tuple[TaskRecord, ConnectedActor]] = []
@@ -257,16 +261,16 @@ def select_grants(projection: Projection, fleet: Fleet,
         _, _, task_id, key = heappop(frontier)
         best = None
         best_free = 0
-        best_types = 0
-        # Actors are sorted by specialisation: take the most specialised level that has room,
-        # and within it the actor with the most free slots.
+        best_level = 0
+        # Actors are sorted by level (capabilities, then task types): take the lowest level that
+        # has room, and within it the actor with the most free slots.
         for a in eligible[key]:
-            n_types = len(a.task_types)
-            if best is not None and n_types > best_types:
+            level = level_of[a.key]
+            if best is not None and level > best_level:
                 break
             f = free[a.key]
             if f > best_free:
-                best, best_free, best_types = a, f, n_types
+                best, best_free, best_level = a, f, level
         if best is None:
             continue  # every eligible actor is full: the rest of this queue waits
         if budget is not None:

@@ -707,12 +707,6 @@ def test_a_task_any_actor_can_run_does_not_take_the_only_slot_another_task_needs
     assert sorted(selected(sim)) == [("x-task", "general"), ("y-task", "special")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "select_grants ranks eligible actors by task-type count only: the single-type GPU actor is "
-    "'most specialised', so a task without required capabilities takes its only slot while an "
-    "actor serving two types but no capabilities stays idle, and the GPU task waits. Which rule is "
-    "right (capabilities the task does not need first? types first?) is a policy choice, and the "
-    "per-level early exit in select_grants assumes one ranking key; left for the maintainers."))
 def test_a_task_without_capabilities_does_not_take_the_only_slot_a_capability_task_needs() -> None:
     sim = fleet_sim(identity("gpu", types=("t",), caps=("gpu",), slots=1),
                     identity("plain", types=("t", "u"), slots=1))
