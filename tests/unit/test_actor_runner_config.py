@@ -90,3 +90,10 @@ def test_readme_documents_every_actor_setting():
     text = README.read_text()
     for setting in runner.SETTINGS:
         assert f"| `{setting.flag}` | `{setting.env}` |" in text, setting
+
+
+def test_slots_beyond_the_wire_limit_are_refused():
+    # hello.slots is an int32: a larger count failed every connect with a traceback, retried forever.
+    with pytest.raises(runner.ActorConfigError) as info:
+        resolve([], {**BASE, "CORRAL_SLOTS": str(1 << 31)})
+    assert "CORRAL_SLOTS" in str(info.value)
