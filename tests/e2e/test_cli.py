@@ -357,6 +357,16 @@ def test_coordinator_whose_listen_address_is_taken_exits_2_naming_it(tmp_path):
     assert "--listen" in proc.stderr and listen in proc.stderr, proc.stderr
 
 
+def test_coordinator_whose_wal_cannot_be_mapped_exits_2_naming_the_settings(tmp_path):
+    # 10**18 bytes is beyond any x86-64/arm64 address space: LMDB's mmap fails (lmdb.MemoryError,
+    # not an OSError), which was a traceback and exit 1.
+    proc = corral("coordinator", "--data-dir", str(tmp_path / "wal"), "--insecure-plaintext",
+                  "--listen", "127.0.0.1:0", "--wal-map-size-bytes", str(10 ** 18), cwd=tmp_path, timeout_s=30)
+    assert proc.returncode == 2, f"{proc.returncode}: {proc.stdout} {proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "--wal-map-size-bytes" in proc.stderr and "--data-dir" in proc.stderr, proc.stderr
+
+
 def test_coordinator_with_a_tls_file_that_is_not_pem_exits_2_naming_it(tmp_path):
     # Readable but not a certificate/key: grpc failed to bind (RuntimeError traceback, exit 1).
     bad = tmp_path / "bad.pem"
