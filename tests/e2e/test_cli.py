@@ -357,6 +357,20 @@ def test_coordinator_whose_listen_address_is_taken_exits_2_naming_it(tmp_path):
     assert "--listen" in proc.stderr and listen in proc.stderr, proc.stderr
 
 
+def test_coordinator_whose_metrics_address_is_taken_exits_2_naming_it(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        listen = f"127.0.0.1:{busy.getsockname()[1]}"
+        proc = corral("coordinator", "--data-dir", str(tmp_path / "wal"), "--insecure-plaintext",
+                      "--listen", "127.0.0.1:0", "--metrics-listen", listen, cwd=tmp_path, timeout_s=30)
+    assert proc.returncode == 2, f"{proc.returncode}: {proc.stdout} {proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "--metrics-listen" in proc.stderr and listen in proc.stderr, proc.stderr
+
+
 def test_coordinator_whose_wal_cannot_be_mapped_exits_2_naming_the_settings(tmp_path):
     # 10**18 bytes is beyond any x86-64/arm64 address space: LMDB's mmap fails (lmdb.MemoryError,
     # not an OSError), which was a traceback and exit 1.
