@@ -97,6 +97,7 @@ SETTINGS: tuple[ActorSetting, ...] = (
 )
 SETTINGS_BY_DEST = {s.dest: s for s in SETTINGS}
 
+MAX_SLOTS = (1 << 31) - 1  # hello.slots is an int32
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -208,8 +209,8 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
         slots = int(values["slots"] or 1)
     except ValueError:
         raise bad("slots", f"not an integer: {values['slots']!r}") from None
-    if slots < 1:
-        raise bad("slots", f"must be at least 1 (got {slots})")
+    if not 1 <= slots <= MAX_SLOTS:
+        raise bad("slots", f"must be between 1 and {MAX_SLOTS} (got {slots})")
     try:
         grace_s = float(values["grace_s"] or 5.0)
     except ValueError:

@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         from corral_telemetry.tracing import TracingUnavailable
 
         configure_logging(config.log_level, config.log_format)
+        import lmdb
+
         from .coordinator import WalCorrupt
 
         try:
@@ -101,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
             return 3
         except (OSError, TracingUnavailable) as exc:
             print(f"corral coordinator: {exc}", file=sys.stderr)
+            return 2
+        except lmdb.Error as exc:  # not an OSError: a map size the host cannot map, a read-only dir
+            print(f"corral coordinator: cannot open the write-ahead log in {config.data_dir!r} "
+                  f"(--data-dir / CORRAL_DATA_DIR, --wal-map-size-bytes / CORRAL_WAL_MAP_SIZE_BYTES): {exc}",
+                  file=sys.stderr)
             return 2
     return run_client_command(args)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -140,17 +141,22 @@ def _read_input(args: argparse.Namespace) -> Any:
     source = args.input_file or args.input
     if source is None:
         return None
-    if source == "-":
-        text, where = sys.stdin.read(), "stdin"
-    elif args.input_file:
-        try:
-            with open(args.input_file, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise UsageError(f"cannot read --input-file {args.input_file}: {exc.strerror or exc}") from None
-        where = args.input_file
-    else:
-        text, where = source, "the input argument"
+    try:
+        if source == "-":
+            where = "stdin"
+            raw = getattr(sys.stdin, "buffer", None)  # bytes: the locale's decoder would hide bad UTF-8
+            text = raw.read().decode("utf-8") if raw is not None else sys.stdin.read()
+        elif args.input_file:
+            where = args.input_file
+            try:
+                with open(args.input_file, encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as exc:
+                raise UsageError(f"cannot read --input-file {args.input_file}: {exc.strerror or exc}") from None
+        else:
+            text, where = source, "the input argument"
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"input is not UTF-8 ({where}): {exc.reason} at byte {exc.start}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -336,6 +342,11 @@ def run_client_command(args: argparse.Namespace) -> int:
         sys.stderr.write(out.error_line(code, message) + "\n")
         return exit_code
 
+    if not (math.isfinite(args.timeout_s) and args.timeout_s > 0):
+        return fail("USAGE", f"--timeout-s must be a positive number of seconds, got {args.timeout_s:g}",
+                    out.EXIT_USAGE)
+    if not args.coordinator.strip():
+        return fail("USAGE", "--coordinator / CORRAL_COORDINATOR is empty (expected HOST:PORT)", out.EXIT_USAGE)
     security = ClientSecurity(ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
                               token=args.token, plaintext=args.plaintext)
     problem = security.problem()

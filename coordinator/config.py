@@ -8,6 +8,7 @@ setting; a half-configured coordinator never starts.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 from dataclasses import dataclass, fields
@@ -46,6 +47,24 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+def _float(text: str) -> float:
+    """A finite number: `float()` also parses nan, inf and 1e400, which no setting can use (a
+    duration becomes int(seconds * 1000) milliseconds)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number: {text!r}")
+    return value
+
+
+_C_INT_MAX = (1 << 31) - 1  # gRPC channel options are C ints
+
+
+def _keepalive(v: float) -> str | None:
+    if v <= 0:
+        return "must be positive"
+    return None if v * 1000 <= _C_INT_MAX else f"must be at most {_C_INT_MAX // 1000} (gRPC takes milliseconds as a C int)"
+
+
 def _host_port(text: str) -> str:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -77,13 +96,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("listen", _host_port, "127.0.0.1:7070", "address to serve gRPC on (HOST:PORT)"),
     Setting("data_dir", str, ".corral-data", "directory of the LMDB write-ahead log (a mounted volume in production)"),
     Setting("coordinator_id", str, "", "name of this coordinator in status output (default: host name)"),
-    Setting("lease_ttl_s", float, 15.0, "a lease with no heartbeat for this long expires and its attempt is lost", _positive),
-    Setting("heartbeat_interval_s", float, 0.0, "how often actors heartbeat (default: lease TTL / 3)",
+    Setting("lease_ttl_s", _float, 15.0, "a lease with no heartbeat for this long expires and its attempt is lost", _positive),
+    Setting("heartbeat_interval_s", _float, 0.0, "how often actors heartbeat (default: lease TTL / 3)",
             lambda v: None if v >= 0 else "must not be negative"),
-    Setting("deadline_grace_s", float, 10.0,
+    Setting("deadline_grace_s", _float, 10.0,
             "after an attempt's deadline, how long the coordinator waits for the actor's own timeout report", _positive),
     Setting("max_input_bytes", int, 1 << 20, "largest task input accepted", _at_least(1)),
-    Setting("max_message_bytes", int, 64 << 20, "largest gRPC message accepted (SubmitTasks batches)", _at_least(1 << 16)),
+    Setting("max_message_bytes", int, 64 << 20, "largest gRPC message accepted (SubmitTasks batches)",
+            lambda v: None if (1 << 16) <= v <= _C_INT_MAX else f"must be between {1 << 16} and {_C_INT_MAX}"),
     Setting("max_queued_commands", int, 100_000,
             "commands waiting for the dispatch loop before requests get RESOURCE_EXHAUSTED", _at_least(1)),
     Setting("max_queued_tasks", int, 1_000_000,
@@ -92,13 +112,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rate_limits", str, "",
             "per task type, tasks started per second cluster-wide: TYPE=RATE[:BURST],... (burst default 1); "
             "empty: none", _rate_limits_problem),
-    Setting("priority_aging_s", float, 60.0,
+    Setting("priority_aging_s", _float, 60.0,
             "a READY task's priority grows by 1 per this many seconds waited (no starvation); 0: no aging",
             lambda v: None if v >= 0 else "must not be negative"),
     Setting("max_task_depth", int, 8,
             "deepest allowed child task (a root task is at depth 0); deeper child submissions are refused",
             _at_least(1)),
-    Setting("retention_s", float, 7 * 86_400.0,
+    Setting("retention_s", _float, 7 * 86_400.0,
             "finished tasks are forgotten this long after they finished (NOT_FOUND from then on; their "
             "idempotency keys are free again); 0: keep forever",
             lambda v: None if v == 0 or v >= 0.001 else "must be 0 (keep forever) or at least 0.001"),
@@ -108,8 +128,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("wal_map_size_bytes", int, 16 << 30, "initial LMDB map size (grows when full)", _at_least(1 << 20)),
     Setting("truncate_corrupt_wal", _bool, False,
             "on start, drop WAL records from the first corrupt one on, instead of refusing to start"),
-    Setting("shutdown_grace_s", float, 10.0, "on SIGTERM, how long in-flight RPCs may finish", _positive),
-    Setting("drain_grace_s", float, 30.0,
+    Setting("shutdown_grace_s", _float, 10.0, "on SIGTERM, how long in-flight RPCs may finish", _positive),
+    Setting("drain_grace_s", _float, 30.0,
             "on SIGTERM, first stop taking work and wait this long for attempts in flight to finish "
             "(those still running stay RUNNING for the next coordinator); 0: no wait",
             lambda v: None if v >= 0 else "must not be negative"),
@@ -142,12 +162,12 @@ SETTINGS: tuple[Setting, ...] = (
             "actors connected at once; a hello beyond it gets RESOURCE_EXHAUSTED (the actor retries)", _at_least(1)),
     Setting("max_streams_per_peer", int, 100,
             "open WatchTask/WatchEvents streams per client address; one more gets RESOURCE_EXHAUSTED", _at_least(1)),
-    Setting("keepalive_time_s", float, 20.0,
-            "ping a connection idle this long (closes connections whose peer vanished)", _positive),
-    Setting("keepalive_timeout_s", float, 10.0,
-            "close the connection when a ping is not answered within this long", _positive),
-    Setting("keepalive_min_ping_interval_s", float, 5.0,
-            "clients pinging more often than this are sent GOAWAY (their calls fail UNAVAILABLE)", _positive),
+    Setting("keepalive_time_s", _float, 20.0,
+            "ping a connection idle this long (closes connections whose peer vanished)", _keepalive),
+    Setting("keepalive_timeout_s", _float, 10.0,
+            "close the connection when a ping is not answered within this long", _keepalive),
+    Setting("keepalive_min_ping_interval_s", _float, 5.0,
+            "clients pinging more often than this are sent GOAWAY (their calls fail UNAVAILABLE)", _keepalive),
 )
 
 

@@ -152,7 +152,12 @@ class Coordinator:
                                                              SubmissionTracing(tracing))
         await self._server.start()
         if metrics is not None:
-            self._metrics_server, self.metrics_port = start_coordinator_metrics(config.metrics_listen, self.loop, metrics)
+            try:
+                self._metrics_server, self.metrics_port = start_coordinator_metrics(config.metrics_listen, self.loop,
+                                                                                    metrics)
+            except OSError as exc:
+                raise OSError(f"--metrics-listen / CORRAL_METRICS_LISTEN: cannot listen on {config.metrics_listen}: "
+                              f"{exc.strerror or exc}") from None
             log.info("serving Prometheus metrics on %s (port %d)", config.metrics_listen, self.metrics_port)
         for name in ("",) + SERVICE_NAMES:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -60,8 +60,12 @@ def build_server(config: CoordinatorConfig, loop: DispatchLoop, tracing: Submiss
     reflection.enable_server_reflection(
         SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     credentials = server_credentials(config)  # None: plaintext, only when asked (tls.listener_problem)
-    port = (server.add_secure_port(config.listen, credentials) if credentials is not None
-            else server.add_insecure_port(config.listen))
+    try:  # grpc raises RuntimeError (older versions return 0) when it cannot bind
+        port = (server.add_secure_port(config.listen, credentials) if credentials is not None
+                else server.add_insecure_port(config.listen))
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {config.listen}")
+        raise OSError(f"--listen / CORRAL_LISTEN: cannot listen on {config.listen} "
+                      "(address in use, or not an address of this host)")
     return server, health, port

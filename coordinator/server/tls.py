@@ -8,6 +8,7 @@ ActorService compares with the actor_id of a hello (`identity_problem`).
 from __future__ import annotations
 
 import os
+import ssl
 
 import grpc
 
@@ -38,6 +39,12 @@ def listener_problem(config: CoordinatorConfig) -> str | None:
                            ("--tls-client-ca-file / CORRAL_TLS_CLIENT_CA_FILE", config.tls_client_ca_file)):
             if path and not os.access(path, os.R_OK):
                 return f"{flag}: cannot read {path!r}"
+        try:  # grpc only fails to bind on a bad pair, saying nothing about why
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                config.tls_cert_file, config.tls_key_file, password=lambda: b"")  # no prompt for an encrypted key
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            return ("--tls-cert-file / CORRAL_TLS_CERT_FILE and --tls-key-file / CORRAL_TLS_KEY_FILE: not a PEM "
+                    f"certificate and its private key ({exc})")
         return None
     if config.tls_client_ca_file:
         return ("--tls-client-ca-file / CORRAL_TLS_CLIENT_CA_FILE needs TLS: set --tls-cert-file and "

@@ -283,6 +283,42 @@ def test_unreachable_coordinator_exits_4(tmp_path):
     assert_one_error_line(proc, "corral: error: UNAVAILABLE: ")
 
 
+@pytest.mark.parametrize("args", [
+    ("--timeout-s", "0"), ("--timeout-s", "-1"), ("--timeout-s", "nan"), ("--timeout-s", "inf"),
+    ("--coordinator", ""),
+])
+def test_a_bad_client_option_is_a_usage_error(args):
+    # Before: --timeout-s inf/nan/-1 answered DEADLINE_EXCEEDED (exit 4) without calling anyone, and
+    # an empty --coordinator printed grpc's C-core log lines and UNKNOWN (exit 4).
+    from .harness import free_port
+
+    proc = corral("status", "--coordinator", f"127.0.0.1:{free_port()}", *args)
+    assert proc.returncode == 2, f"{proc.returncode}: {proc.stderr}"
+    assert_one_error_line(proc, "corral: error: USAGE: ")
+    assert args[0] in proc.stderr
+
+
+@pytest.mark.parametrize("how", ["file", "stdin"])
+def test_non_utf8_input_is_a_usage_error(tmp_path, how):
+    from .harness import free_port
+
+    path = tmp_path / "input.json"
+    path.write_bytes(b'"\xff\xfe"')
+    target = ("--coordinator", f"127.0.0.1:{free_port()}", "--timeout-s", "2")
+    if how == "file":
+        proc = corral("submit", "echo", "--input-file", str(path), *target)
+    else:
+        proc = subprocess.run([sys.executable, "-m", "coordinator.cli", "submit", "echo", "-", *target],
+                              capture_output=True, timeout=30, cwd=REPO_ROOT, input=path.read_bytes(),
+                              env={**{k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")},
+                                   "PYTHONPATH": str(REPO_ROOT)})
+        proc = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(),
+                                           proc.stderr.decode(errors="replace"))
+    assert proc.returncode == 2, f"{proc.returncode}: {proc.stderr}"
+    assert_one_error_line(proc, "corral: error: USAGE: ")
+    assert "UTF-8" in proc.stderr
+
+
 def test_help_documents_the_exit_codes():
     text = ok(corral("--help"))
     assert "exit codes:" in text and "corral: error: CODE: message" in text
@@ -303,6 +339,57 @@ def test_coordinator_with_a_bad_setting_exits_2_naming_the_setting(tmp_path, arg
     assert "Traceback" not in proc.stderr, proc.stderr
     assert names in proc.stderr, proc.stderr
     assert "invalid configuration" in proc.stderr
+    assert not (tmp_path / "wal").exists(), "a misconfigured coordinator must not touch its data dir"
+
+
+def test_coordinator_whose_listen_address_is_taken_exits_2_naming_it(tmp_path):
+    # grpc raises RuntimeError when it cannot bind: it was a traceback and exit 1.
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        listen = f"127.0.0.1:{busy.getsockname()[1]}"
+        proc = corral("coordinator", "--data-dir", str(tmp_path / "wal"), "--insecure-plaintext",
+                      "--listen", listen, cwd=tmp_path, timeout_s=30)
+    assert proc.returncode == 2, f"{proc.returncode}: {proc.stdout} {proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "--listen" in proc.stderr and listen in proc.stderr, proc.stderr
+
+
+def test_coordinator_whose_metrics_address_is_taken_exits_2_naming_it(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        listen = f"127.0.0.1:{busy.getsockname()[1]}"
+        proc = corral("coordinator", "--data-dir", str(tmp_path / "wal"), "--insecure-plaintext",
+                      "--listen", "127.0.0.1:0", "--metrics-listen", listen, cwd=tmp_path, timeout_s=30)
+    assert proc.returncode == 2, f"{proc.returncode}: {proc.stdout} {proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "--metrics-listen" in proc.stderr and listen in proc.stderr, proc.stderr
+
+
+def test_coordinator_whose_wal_cannot_be_mapped_exits_2_naming_the_settings(tmp_path):
+    # 10**18 bytes is beyond any x86-64/arm64 address space: LMDB's mmap fails (lmdb.MemoryError,
+    # not an OSError), which was a traceback and exit 1.
+    proc = corral("coordinator", "--data-dir", str(tmp_path / "wal"), "--insecure-plaintext",
+                  "--listen", "127.0.0.1:0", "--wal-map-size-bytes", str(10 ** 18), cwd=tmp_path, timeout_s=30)
+    assert proc.returncode == 2, f"{proc.returncode}: {proc.stdout} {proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "--wal-map-size-bytes" in proc.stderr and "--data-dir" in proc.stderr, proc.stderr
+
+
+def test_coordinator_with_a_tls_file_that_is_not_pem_exits_2_naming_it(tmp_path):
+    # Readable but not a certificate/key: grpc failed to bind (RuntimeError traceback, exit 1).
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    proc = corral("coordinator", "--data-dir", str(tmp_path / "wal"), "--listen", "127.0.0.1:0",
+                  "--tls-cert-file", str(bad), "--tls-key-file", str(bad), cwd=tmp_path, timeout_s=30)
+    assert proc.returncode == 2, f"{proc.returncode}: {proc.stdout} {proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "--tls-cert-file" in proc.stderr and "invalid configuration" in proc.stderr, proc.stderr
     assert not (tmp_path / "wal").exists(), "a misconfigured coordinator must not touch its data dir"
 
 

@@ -90,3 +90,18 @@ def test_readme_documents_every_actor_setting():
     text = README.read_text()
     for setting in runner.SETTINGS:
         assert f"| `{setting.flag}` | `{setting.env}` |" in text, setting
+
+
+def test_slots_beyond_the_wire_limit_are_refused():
+    # hello.slots is an int32: a larger count failed every connect with a traceback, retried forever.
+    with pytest.raises(runner.ActorConfigError) as info:
+        resolve([], {**BASE, "CORRAL_SLOTS": str(1 << 31)})
+    assert "CORRAL_SLOTS" in str(info.value)
+
+
+@pytest.mark.xfail(strict=True, reason="--coordinator is not validated: a malformed address is accepted and "
+                   "the actor retries connecting forever instead of exiting 2 (grpc target syntax such as "
+                   "dns:///host:port must stay valid, so the rule needs a decision)")
+def test_a_malformed_coordinator_address_is_refused():
+    with pytest.raises(runner.ActorConfigError):
+        resolve(["--coordinator", "::::"], BASE)

@@ -55,3 +55,26 @@ def test_readme_documents_every_setting():
     text = README.read_text()
     for setting in C.SETTINGS:
         assert f"`{setting.flag}`" in text and f"`{setting.env}`" in text, setting.name
+
+
+@pytest.mark.parametrize("name", [s.name for s in C.SETTINGS if isinstance(s.default, float)])
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400"])
+def test_a_float_setting_refuses_non_finite_values(name, value):
+    # `float()` parses these; an infinite TTL/grace/keepalive then crashed start-up with
+    # OverflowError (int(inf * 1000)) instead of a message naming the setting.
+    env = "CORRAL_" + name.upper()
+    with pytest.raises(C.ConfigError) as info:
+        parse([], {env: value})
+    assert env in str(info.value)
+
+
+@pytest.mark.parametrize("env, value", [
+    ("CORRAL_MAX_MESSAGE_BYTES", str(1 << 31)),  # a gRPC channel option is a C int
+    ("CORRAL_KEEPALIVE_TIME_S", "1e7"),  # milliseconds in a C int: at most ~24.8 days
+    ("CORRAL_KEEPALIVE_TIMEOUT_S", "1e7"),
+    ("CORRAL_KEEPALIVE_MIN_PING_INTERVAL_S", "1e7"),
+])
+def test_a_value_too_large_for_grpc_is_refused_naming_the_setting(env, value):
+    with pytest.raises(C.ConfigError) as info:
+        parse([], {env: value})
+    assert env in str(info.value)

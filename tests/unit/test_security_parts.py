@@ -74,7 +74,16 @@ def test_listener_refuses_without_tls_or_explicit_plaintext(tmp_path):
     assert tls.listener_problem(CoordinatorConfig(insecure_plaintext=True)) is None
     cert, key = tmp_path / "c", tmp_path / "k"
     cert.write_text("x"), key.write_text("y")
-    assert tls.listener_problem(CoordinatorConfig(tls_cert_file=str(cert), tls_key_file=str(key))) is None
+    assert "not a PEM certificate" in tls.listener_problem(CoordinatorConfig(tls_cert_file=str(cert),
+                                                                             tls_key_file=str(key)))
+    from tests.e2e.certs import issue, make_ca
+
+    ca = make_ca(tmp_path, "ca")
+    good_cert, good_key = issue(ca, tmp_path, "coordinator", server=True)
+    assert tls.listener_problem(CoordinatorConfig(tls_cert_file=str(good_cert), tls_key_file=str(good_key))) is None
+    _, other_key = issue(ca, tmp_path, "other", server=True)
+    assert "not a PEM certificate" in tls.listener_problem(  # a key that is not the certificate's
+        CoordinatorConfig(tls_cert_file=str(good_cert), tls_key_file=str(other_key)))
     assert "go together" in tls.listener_problem(CoordinatorConfig(tls_cert_file=str(cert)))
     assert "contradicts" in tls.listener_problem(
         CoordinatorConfig(tls_cert_file=str(cert), tls_key_file=str(key), insecure_plaintext=True))
