@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from actor.app import App
 from actor.errors import ActorRejected
-from actor.security import ClientSecurity
+from actor.security import ClientSecurity, target_problem
 from actor.session import ActorSession, default_actor_id
 
 log = logging.getLogger("actor.runner")
@@ -205,6 +205,9 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
     for dest in ("coordinator", "app"):
         if not values[dest]:
             raise bad(dest, "missing (required)")
+    problem = target_problem(str(values["coordinator"]))
+    if problem:
+        raise bad("coordinator", problem)
     try:
         slots = int(values["slots"] or 1)
     except ValueError:

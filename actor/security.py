@@ -10,6 +10,7 @@ client never sends a token in the clear to a remote coordinator unless told to w
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,32 @@ class ClientSecurity:
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+# gRPC target URIs passed through as they are (gRPC resolves them): dns:///host:port, unix:path, ...
+_TARGET_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.%A-Za-z]+\]")
+
+
+def target_problem(target: str) -> str | None:
+    """Why `target` is not a coordinator address (HOST:PORT, [IPv6]:PORT, or a gRPC target URI
+    such as dns:///host:port), or None. Checked before connecting, so a typo is an error at
+    start-up rather than a connection retried forever."""
+    if not target.strip():
+        return "empty (expected HOST:PORT)"
+    if target.startswith(_TARGET_SCHEMES):
+        return None
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"{target!r} is not HOST:PORT (a port 1-65535 is required)"
+    if not _HOST_RE.fullmatch(host):
+        return f"{target!r} is not HOST:PORT (bad host {host!r}; an IPv6 address goes in brackets: [::1]:7070)"
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1].split("%")[0])
+        except ValueError:
+            return f"{target!r}: {host} is not an IPv6 address"
+    return None
 
 
 def is_loopback(target: str) -> bool:

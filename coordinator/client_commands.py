@@ -336,7 +336,7 @@ def add_security_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_client_command(args: argparse.Namespace) -> int:
-    from actor.security import ClientSecurity, open_channel
+    from actor.security import ClientSecurity, open_channel, target_problem
 
     def fail(code: str, message: str, exit_code: int) -> int:
         sys.stderr.write(out.error_line(code, message) + "\n")
@@ -345,8 +345,9 @@ def run_client_command(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.timeout_s) and args.timeout_s > 0):
         return fail("USAGE", f"--timeout-s must be a positive number of seconds, got {args.timeout_s:g}",
                     out.EXIT_USAGE)
-    if not args.coordinator.strip():
-        return fail("USAGE", "--coordinator / CORRAL_COORDINATOR is empty (expected HOST:PORT)", out.EXIT_USAGE)
+    problem = target_problem(args.coordinator)
+    if problem:
+        return fail("USAGE", f"--coordinator / CORRAL_COORDINATOR: {problem}", out.EXIT_USAGE)
     security = ClientSecurity(ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
                               token=args.token, plaintext=args.plaintext)
     problem = security.problem()

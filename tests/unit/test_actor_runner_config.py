@@ -99,9 +99,14 @@ def test_slots_beyond_the_wire_limit_are_refused():
     assert "CORRAL_SLOTS" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="--coordinator is not validated: a malformed address is accepted and "
-                   "the actor retries connecting forever instead of exiting 2 (grpc target syntax such as "
-                   "dns:///host:port must stay valid, so the rule needs a decision)")
-def test_a_malformed_coordinator_address_is_refused():
-    with pytest.raises(runner.ActorConfigError):
-        resolve(["--coordinator", "::::"], BASE)
+@pytest.mark.parametrize("target", ["::::", "localhost", "host:", "host:0", "host:70000", "ho st:7070",
+                                    ":7070", "[nope]:7070", "::1:7070"])
+def test_a_malformed_coordinator_address_is_refused(target):
+    with pytest.raises(runner.ActorConfigError, match="--coordinator"):
+        resolve(["--coordinator", target], BASE)
+
+
+@pytest.mark.parametrize("target", ["localhost:7070", "10.0.0.5:7070", "corral-coordinator.ns.svc:7070",
+                                    "[::1]:7070", "dns:///corral:7070", "unix:/run/corral.sock"])
+def test_coordinator_addresses_that_are_accepted(target):
+    assert resolve(["--coordinator", target], BASE).coordinator == target
