@@ -19,16 +19,10 @@ from coordinator.dispatch import commands as C
 from coordinator.dispatch.loop import DispatchLoop
 from coordinator.storage.wal import WriteAheadLog
 
+from .test_dispatch_schedules import Clock
+
 pytestmark = pytest.mark.timeout(30)
 T0 = 1_700_000_000_000
-
-
-class Clock:
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def __call__(self) -> float:
-        return self.ms / 1000
 
 
 class Harness:
