@@ -87,9 +87,9 @@ async def step_larger_than_the_map(tmp_path) -> None:
     wal = WriteAheadLog(tmp_path / "wal", map_size_bytes=64 << 10, sync=False)
     loop, runner = start(wal)
     reply = asyncio.get_running_loop().create_future()
-    loop.submit(submit_command(loop, 300, reply, padding="k" * 400))  # ~150 KiB of records
+    loop.submit(submit_command(loop, 600, reply, padding="k" * 200))  # ~150 KiB of records
     results = await asyncio.wait_for(reply, 10)
-    assert len(results) == 300
+    assert len(results) == 600
     assert wal.stat()["map_size_bytes"] > 64 << 10
     loop.stop()
     await runner
