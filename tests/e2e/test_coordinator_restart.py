@@ -256,3 +256,30 @@ def test_a_second_coordinator_on_the_same_data_dir_is_refused_and_the_first_keep
     cluster.kill(first, signal.SIGTERM)
     assert first.returncode == 0
     assert [r.task_submitted.task_id for r in read_wal(cluster.data_dir)] == [before, after]
+
+
+def test_a_snapshot_with_missing_parts_stops_startup_with_exit_3_and_a_message(make_cluster):
+    import lmdb
+
+    cluster = make_cluster()
+    cluster.start_coordinator("--snapshot-every-records", "1")
+    for n in range(4):
+        cluster.submit("echo", {"n": n})
+    cluster.kill(cluster.coordinator, signal.SIGTERM)
+    assert cluster.coordinator.returncode == 0
+
+    env = lmdb.open(str(cluster.data_dir), subdir=True, max_dbs=4, map_size=16 << 30)
+    try:
+        heads = env.open_db(b"snap_head")
+        with env.begin(write=True, db=heads) as txn:
+            assert txn.get(b"snapshot", db=env.open_db(b"meta", txn=txn)) is not None, "no snapshot was taken"
+            assert txn.stat(heads)["entries"] > 0
+            txn.drop(heads, delete=False)  # the pointer now names head chunks that are gone
+    finally:
+        env.close()
+
+    refused = cluster.start_coordinator("--snapshot-every-records", "1", wait=False)
+    assert refused.wait(timeout=30) == 3
+    log = coordinator_log(cluster)
+    assert "head chunk 0 is missing" in log, log
+    assert "Traceback" not in log, log
