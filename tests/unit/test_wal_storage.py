@@ -365,3 +365,16 @@ def test_a_second_process_cannot_open_a_wal_that_is_open(wal_path: Path) -> None
     # Once the holder is gone the WAL opens again.
     with WriteAheadLog(wal_path, map_size_bytes=1 << 20) as log:
         assert log.last_seq == 0
+
+
+def test_seqs_stay_contiguous_across_compaction_truncation_and_reopen(wal_path: Path) -> None:
+    with WriteAheadLog(wal_path, map_size_bytes=1 << 20) as log:
+        log.append_batch([lease(i) for i in range(1, 11)], AT_UNIX_MS)
+        assert log.delete_before(6, batch=2) == 5  # a snapshot at 6 keeps record 6
+        assert log.first_seq() == 6
+        assert log.truncate_from(9) == 2
+        assert log.last_seq == 8
+        assert log.append_batch([lease(11)], AT_UNIX_MS) == 9
+    with WriteAheadLog(wal_path, map_size_bytes=1 << 20) as log:
+        assert log.last_seq == 9
+        assert [r.seq for r in log.records(6)] == [6, 7, 8, 9]
