@@ -3,7 +3,8 @@
 Owns: start-up and shutdown order.
 - Start: open LMDB; load the latest snapshot, if any (storage/snapshots.py, core/snapshot.py);
   replay every record after it (a corrupt record stops start-up
-  with its sequence number, unless truncation was asked for); give RUNNING attempts a fresh lease
+  with its sequence number, unless truncation was asked for; a snapshot that cannot be loaded
+  stops it too, exit 3 like a corrupt record); give RUNNING attempts a fresh lease
   so actors can re-present them; start the loop; only then serve, and report SERVING on health.
 - Stop: health NOT_SERVING; drain (submissions get UNAVAILABLE, no new leases) until no connected
   actor holds a lease or `drain_grace_s` passed (dispatch/operations.py); close actor streams and
@@ -33,7 +34,7 @@ from .dispatch.snapshotter import Snapshotter
 from .dispatch.snapshotter import enable as enable_snapshots
 from .server.grpc_server import SERVICE_NAMES, build_server
 from .storage.codec import CorruptRecordError
-from .storage.snapshots import SnapshotStore
+from .storage.snapshots import SnapshotCorrupt, SnapshotStore
 from .storage.wal import HIGHEST_TOKEN_KEY, WriteAheadLog
 from .telemetry.metrics import LoopMetrics, start_coordinator_metrics
 from .telemetry.tracing import SubmissionTracing
@@ -42,7 +43,8 @@ log = logging.getLogger("corral.coordinator")
 
 
 class WalCorrupt(Exception):
-    """Start-up refused: the WAL has a bad record and truncation was not asked for."""
+    """Start-up refused: the WAL has a bad record and truncation was not asked for, or the latest
+    snapshot cannot be loaded (missing or damaged parts: truncating the WAL cannot repair it)."""
 
 
 def replay(wal: WriteAheadLog, projection: Projection, truncate_corrupt: bool, from_seq: int = 1) -> int:
@@ -85,7 +87,11 @@ def restore(wal: WriteAheadLog, projection: Projection, truncate_corrupt: bool) 
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        snapshot_seq = load_snapshot(SnapshotStore(wal), projection)
+        try:
+            snapshot_seq = load_snapshot(SnapshotStore(wal), projection)
+        except (SnapshotCorrupt, snapshot_mod.SnapshotMismatch) as exc:
+            raise WalCorrupt(f"the latest snapshot cannot be loaded: {exc}. Refusing to start rather than drop "
+                             f"data (--truncate-corrupt-wal does not apply to snapshots)") from exc
         return snapshot_seq, replay(wal, projection, truncate_corrupt, snapshot_seq + 1)
     finally:
         if was_enabled:

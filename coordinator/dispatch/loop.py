@@ -15,7 +15,8 @@ Invariants:
 - Nothing is acknowledged (reply, lease, ack) before the WAL batch holding its records is durable.
 - Each record is applied to the projection as it is emitted, with the same `Projection.apply`
   that replay uses, so the live state is exactly what replaying the committed WAL rebuilds. If a
-  commit fails the projection is ahead of the WAL: the loop stops and the process must exit.
+  commit fails the projection is ahead of the WAL: the loop stops and the process must exit;
+  nothing of that step is sent, and its callers (like those still queued) get UNAVAILABLE.
 - A submission and the lease that grants it can share one transaction (low latency at light load).
 - Decisions come from coordinator/core/decisions.py, given `now_ms` from the injected clock and
   draws from the injected random source.
@@ -271,6 +272,12 @@ class DispatchLoop:
                 reply.set_exception(Unavailable(f"coordinator stopped: {exc!r}"))
         self._inbox = []
 
+    @staticmethod
+    def _fail_replies(step: Step, exc: BaseException) -> None:
+        for future, _ in step.replies:
+            if not future.done():
+                future.set_exception(Unavailable(f"coordinator stopped: {exc!r}"))
+
     def _seconds_to_next_timer(self) -> float | None:
         waits = []
         if self.snapshotter is not None and self.snapshotter.backlog:
@@ -320,12 +327,18 @@ class DispatchLoop:
             commit_started = time.perf_counter()
             highest = self.projection.highest_token
             meta = {HIGHEST_TOKEN_KEY: highest.to_bytes(8, "big")} if highest != highest_token_before else None
-            if len(step.records) <= INLINE_COMMIT_MAX_RECORDS and not self.wal.background_writers:
-                # Light load: a thread hop costs more latency than the loop loses while it fsyncs.
-                self.wal.append_batch(step.records, step.now_ms, meta)
-            else:
-                # Heavy load: commands keep arriving (and group) while another thread fsyncs.
-                await asyncio.to_thread(self.wal.append_batch, step.records, step.now_ms, meta)
+            try:
+                if len(step.records) <= INLINE_COMMIT_MAX_RECORDS and not self.wal.background_writers:
+                    # Light load: a thread hop costs more latency than the loop loses while it fsyncs.
+                    self.wal.append_batch(step.records, step.now_ms, meta)
+                else:
+                    # Heavy load: commands keep arriving (and group) while another thread fsyncs.
+                    await asyncio.to_thread(self.wal.append_batch, step.records, step.now_ms, meta)
+            except BaseException as exc:
+                # No effect of this step is sent; its callers learn that the coordinator stopped
+                # (UNAVAILABLE: not done) instead of waiting for a reply that never comes.
+                self._fail_replies(step, exc)
+                raise
             commit_s = time.perf_counter() - commit_started
         self.steps += 1
         # Leases first: they are on the submit-to-start path; client replies are not.

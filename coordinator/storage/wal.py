@@ -22,14 +22,24 @@ Invariants:
 - nothing may be acknowledged to a client before ``append_batch`` returned: that is the
   caller's job, this module only guarantees that a returned batch is durable.
 
-Threading: one writer (``append_batch``, ``truncate_from``, ``put_meta``) at a time, any
-number of readers concurrently. Growing the map remaps the file and invalidates open read
-transactions, so every read transaction is short (one chunk of ``records``) and taken under
-``_remap_lock``, which map growth also takes; a reader never holds it across a ``yield``.
+Threading: one writer (``append_batch``, ``truncate_from``, ``delete_before``, ``put_meta``,
+``write``) at a time, any number of readers concurrently. Every write transaction runs under
+``_write_lock``, and so does map growth: LMDB refuses to resize while any write transaction of
+the process is open. Growing the map remaps the file and invalidates open read transactions, so
+every read transaction is short (one chunk of ``records``) and taken under ``_remap_lock``,
+which map growth also takes; a reader never holds it across a ``yield``.
+
+Processes: one at a time. The log holds an exclusive ``flock`` on ``corral.lock`` in its
+directory while open (LMDB itself lets several processes write one environment), so a second
+coordinator on the same data dir is refused (``WalInUse``) instead of appending beside the first
+and granting the same fencing tokens.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,6 +58,11 @@ _T = TypeVar("_T")
 # Meta key: the highest fencing token ever granted, written in the same transaction as the grant,
 # so it survives even a truncation of the WAL tail (see coordinator.replay).
 HIGHEST_TOKEN_KEY = b"highest_fencing_token"
+LOCK_FILE_NAME = "corral.lock"
+
+
+class WalInUse(OSError):
+    """Another process has this WAL open (its directory's lock file is locked)."""
 
 
 class WriteAheadLog:
@@ -55,18 +70,16 @@ class WriteAheadLog:
 
     def __init__(self, path: str | Path, *, map_size_bytes: int = 16 << 30, sync: bool = True) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(
-            str(path),
-            subdir=True,
-            map_size=map_size_bytes,
-            max_dbs=8,
-            sync=sync,
-            metasync=sync,
-            readahead=False,
-        )
+        self._lock_fd = _lock_directory(Path(path))
+        try:
+            self._env = _open_env(path, map_size_bytes, sync)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         self._wal_db = self._env.open_db(b"wal")
         self._meta_db = self._env.open_db(b"meta")
         self._remap_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._commits = 0
         # > 0 while another thread writes (snapshots): the dispatch loop then commits from a
         # worker thread rather than wait on LMDB's writer lock on the event loop's thread.
@@ -124,13 +137,16 @@ class WriteAheadLog:
                     txn.put(key, value, db=self._meta_db)
 
     def _growing_map_as_needed(self, write: Callable[[], _T]) -> _T:
-        """Run ``write`` (one whole write transaction); on MapFullError double the map and rerun it."""
-        while True:
-            try:
-                return write()
-            except lmdb.MapFullError:
-                with self._remap_lock:
-                    self._env.set_mapsize(self._env.info()["map_size"] * 2)
+        """Run ``write`` (one whole write transaction) under ``_write_lock``; on MapFullError
+        double the map and rerun it. Growth holds ``_write_lock`` too, so no other thread's
+        write transaction is open while LMDB resizes (it refuses to, otherwise)."""
+        with self._write_lock:
+            while True:
+                try:
+                    return write()
+                except lmdb.MapFullError:
+                    with self._remap_lock:
+                        self._env.set_mapsize(self._env.info()["map_size"] * 2)
 
     def records(self, from_seq: int = 1) -> Iterator[wal_pb2.WalRecord]:
         """Yield the committed records from ``from_seq`` in seq order.
@@ -252,6 +268,9 @@ class WriteAheadLog:
 
     def close(self) -> None:
         self._env.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock: another process may open the WAL now
+            self._lock_fd = -1
 
     def __enter__(self) -> WriteAheadLog:
         return self
@@ -268,3 +287,29 @@ class WriteAheadLog:
 def _last_seq_in(txn: lmdb.Transaction) -> int:
     cursor = txn.cursor()
     return key_seq(cursor.key()) if cursor.last() else 0
+
+
+def _lock_directory(path: Path) -> int:
+    """An fd holding an exclusive flock on ``path/corral.lock``; ``WalInUse`` if another process holds it."""
+    fd = os.open(path / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise WalInUse(f"the write-ahead log in {str(path)!r} is in use by another process "
+                           f"(another coordinator on the same --data-dir?)") from None
+        raise
+    return fd
+
+
+def _open_env(path: str | Path, map_size_bytes: int, sync: bool) -> lmdb.Environment:
+    return lmdb.open(
+        str(path),
+        subdir=True,
+        map_size=map_size_bytes,
+        max_dbs=8,
+        sync=sync,
+        metasync=sync,
+        readahead=False,
+    )

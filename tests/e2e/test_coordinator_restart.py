@@ -14,7 +14,7 @@ from google.protobuf import json_format
 
 from corral.v1 import actor_service_pb2, task_pb2, task_service_pb2, task_service_pb2_grpc
 
-from .harness import TERMINAL, corrupt_wal_record, read_wal, wait_for
+from .harness import TERMINAL, corrupt_wal_record, free_port, read_wal, wait_for
 from .raw_actor import RawActor
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -239,3 +239,47 @@ def test_sigterm_ends_actor_streams_and_exits_promptly_then_actors_reconnect(mak
     cluster.start_coordinator()
     wait_for(lambda: "survivor" in cluster.connected_actor_ids(), 20, "the actor to reconnect")
     assert cluster.wait_state(cluster.submit("echo", {"after": "restart"})).state == SUCCEEDED_STATE
+
+
+def test_a_second_coordinator_on_the_same_data_dir_is_refused_and_the_first_keeps_serving(make_cluster):
+    cluster = make_cluster()
+    first = cluster.start_coordinator()
+    before = cluster.submit("echo", {"n": "before"})
+
+    second = cluster.start_coordinator("--listen", f"127.0.0.1:{free_port()}", wait=False)
+    cluster.coordinator = first
+    assert second.wait(timeout=30) == 2
+    log = coordinator_log(cluster)
+    assert "in use by another process" in log and "--data-dir" in log, log
+
+    after = cluster.submit("echo", {"n": "after"})
+    cluster.kill(first, signal.SIGTERM)
+    assert first.returncode == 0
+    assert [r.task_submitted.task_id for r in read_wal(cluster.data_dir)] == [before, after]
+
+
+def test_a_snapshot_with_missing_parts_stops_startup_with_exit_3_and_a_message(make_cluster):
+    import lmdb
+
+    cluster = make_cluster()
+    cluster.start_coordinator("--snapshot-every-records", "1")
+    for n in range(4):
+        cluster.submit("echo", {"n": n})
+    cluster.kill(cluster.coordinator, signal.SIGTERM)
+    assert cluster.coordinator.returncode == 0
+
+    env = lmdb.open(str(cluster.data_dir), subdir=True, max_dbs=4, map_size=16 << 30)
+    try:
+        heads = env.open_db(b"snap_head")
+        with env.begin(write=True, db=heads) as txn:
+            assert txn.get(b"snapshot", db=env.open_db(b"meta", txn=txn)) is not None, "no snapshot was taken"
+            assert txn.stat(heads)["entries"] > 0
+            txn.drop(heads, delete=False)  # the pointer now names head chunks that are gone
+    finally:
+        env.close()
+
+    refused = cluster.start_coordinator("--snapshot-every-records", "1", wait=False)
+    assert refused.wait(timeout=30) == 3
+    log = coordinator_log(cluster)
+    assert "head chunk 0 is missing" in log, log
+    assert "Traceback" not in log, log

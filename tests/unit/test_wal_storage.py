@@ -3,7 +3,10 @@ reopen, corruption detection and truncation, map growth."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import lmdb
@@ -297,3 +300,81 @@ def test_stat_reports_the_log_and_its_map(wal: WriteAheadLog) -> None:
     assert stat["commits"] == 1
     assert stat["map_size_bytes"] == 16 << 30
     assert 0 < stat["used_bytes"] < stat["map_size_bytes"]
+
+
+def test_map_growth_waits_for_a_write_transaction_of_another_thread(tmp_path: Path) -> None:
+    # The dispatch loop commits from a worker thread while a snapshot is written from another;
+    # LMDB refuses set_mapsize while any write transaction of the process is open, so growing
+    # the map must not race another thread's write (it used to fail the loop's commit).
+    errors: list[Exception] = []
+    other_inside = threading.Event()
+    release_other = threading.Event()
+    with WriteAheadLog(tmp_path / "wal", map_size_bytes=64 << 10, sync=False) as log:
+        def big_batch() -> None:
+            try:
+                log.append_batch([lease(i, actor_id="w" * 2_000) for i in range(1, 201)], AT_UNIX_MS)
+            except Exception as exc:  # reported to the test thread below
+                errors.append(exc)
+
+        def other_writer() -> None:
+            def work(txn) -> None:
+                other_inside.set()
+                release_other.wait(5)
+
+            try:
+                log.write(work)
+            except Exception as exc:
+                errors.append(exc)
+
+        log._remap_lock.acquire()  # hold the growth of the big batch after its MapFullError
+        try:
+            grower = threading.Thread(target=big_batch)
+            grower.start()
+            time.sleep(0.5)  # the batch overflows the 64 KiB map and waits to grow it
+            other = threading.Thread(target=other_writer)
+            other.start()
+            other_inside.wait(1)  # with the fix the other writer waits for the growth instead
+        finally:
+            log._remap_lock.release()
+        time.sleep(0.2)
+        release_other.set()
+        grower.join(10)
+        other.join(10)
+
+        assert errors == []
+        assert log.last_seq == 200
+        assert [r.seq for r in log.records()] == list(range(1, 201))
+
+
+def test_a_second_process_cannot_open_a_wal_that_is_open(wal_path: Path) -> None:
+    # Two coordinators on one data dir would both append and grant the same fencing tokens.
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from coordinator.storage.wal import WriteAheadLog; "
+         f"w = WriteAheadLog({str(wal_path)!r}, map_size_bytes=1 << 20); print('open', flush=True); "
+         "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(OSError, match="in use by another process"):
+            WriteAheadLog(wal_path, map_size_bytes=1 << 20)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(10)
+    # Once the holder is gone the WAL opens again.
+    with WriteAheadLog(wal_path, map_size_bytes=1 << 20) as log:
+        assert log.last_seq == 0
+
+
+def test_seqs_stay_contiguous_across_compaction_truncation_and_reopen(wal_path: Path) -> None:
+    with WriteAheadLog(wal_path, map_size_bytes=1 << 20) as log:
+        log.append_batch([lease(i) for i in range(1, 11)], AT_UNIX_MS)
+        assert log.delete_before(6, batch=2) == 5  # a snapshot at 6 keeps record 6
+        assert log.first_seq() == 6
+        assert log.truncate_from(9) == 2
+        assert log.last_seq == 8
+        assert log.append_batch([lease(11)], AT_UNIX_MS) == 9
+    with WriteAheadLog(wal_path, map_size_bytes=1 << 20) as log:
+        assert log.last_seq == 9
+        assert [r.seq for r in log.records(6)] == [6, 7, 8, 9]
