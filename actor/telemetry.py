@@ -32,7 +32,6 @@ import atexit
 import logging
 import os
 from bisect import bisect_left
-from random import getrandbits
 from time import monotonic, time_ns
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -44,8 +43,8 @@ from corral.v1 import task_pb2
 from corral_telemetry.logs import TASK_CONTEXT, check_log_format, trace_id_of, use_json_logs
 from corral_telemetry.prometheus import (DURATION_BUCKETS_S, OUTCOME_LABELS, BucketCounts, histogram_family,
                                          outcome_counter_family)
-from corral_telemetry.tracing import (CURRENT_SPAN_KEY, RecordedSpan, Tracing, _new_tuple, _random_span_id,
-                                      _SpanContext, attach_context, configure_tracing, detach_context)
+from corral_telemetry.tracing import (CURRENT_SPAN_KEY, RecordedSpan, Tracing, attach_context, configure_tracing,
+                                      detach_context)
 
 if TYPE_CHECKING:
     from actor.attempt_runner import AttemptRunner
@@ -93,44 +92,27 @@ class ActorTelemetry:
 
     def start_attempt(self, runner: "AttemptRunner") -> None:
         """Start ``runner`` inside its attempt span (and task log context)."""
+        token = None
+        task_token = None
+        span = None
         spans = self.spans
-        if spans is None:
-            if self.metrics:
-                self._open[runner] = monotonic()
-            if not self.task_logs:
-                runner.start()
-                return
-            span = None
-            token = None
-        else:
-            carrier = runner.lease.trace_context
-            traceparent = carrier.get("traceparent")
-            last = spans._last_carrier
-            if traceparent == last[0] and traceparent is not None and len(carrier) == 1 and spans.random_ids:
-                # SpanRecorder.start_from_carrier's common case, inlined (once per attempt): the
-                # attempts of one submission share their parent and sampling decision.
-                span = spans.span_class(_new_tuple(_SpanContext, (last[1], getrandbits(64) or _random_span_id(),
-                                                                  False, last[2], last[3], True)),
-                                        last[4], time_ns(), last[5])
-            else:
-                span = spans.start_from_carrier(carrier)
-            self._open[runner] = span
+        if spans is not None:
+            span = spans.start_from_carrier(runner.lease.trace_context)
             # Current while the handler runs (= attach(spans.context_of(span))): its spans nest
             # here, and child tasks inherit it by injecting carrier_of() into their
             # TaskSpec.trace_context.
             token = attach_context(OtelContext({CURRENT_SPAN_KEY: span}))
-            if not self.task_logs:
-                try:
-                    runner.start()  # an async handler's task copies this context; sync ones get a copy too
-                finally:
-                    detach_context(token)
-                return
-        key = runner.key
-        task_token = TASK_CONTEXT.set((key[0], key[1], self._trace_id(runner, span)))
+            self._open[runner] = span
+        elif self.metrics:
+            self._open[runner] = monotonic()
+        if self.task_logs:
+            key = runner.key
+            task_token = TASK_CONTEXT.set((key[0], key[1], self._trace_id(runner, span)))
         try:
-            runner.start()
+            runner.start()  # an async handler's task copies this context; sync ones get a copy too
         finally:
-            TASK_CONTEXT.reset(task_token)
+            if task_token is not None:
+                TASK_CONTEXT.reset(task_token)
             if token is not None:
                 detach_context(token)
 
@@ -152,55 +134,38 @@ class ActorTelemetry:
         if opened is None:  # neither metrics nor tracing
             return
         outcome = result.outcome
-        spans = self.spans
-        if spans is None:
+        task_type = runner.lease.task_type
+        if self.spans is None:
             span = None
             end_ns = 0
             seconds = monotonic() - opened
         else:
             span = opened
             end_ns = time_ns()
-            if not span.recording:  # sampled out: never exported
-                span = None
-            seconds = 0.0
+            # With tracing, the handler's duration is its span's (one clock read for both).
+            seconds = (end_ns - span._start_time) / 1e9
         if self.metrics:
-            task_type = runner.lease.task_type
             stats = self.by_type.get(task_type) or self._new_type(task_type)
             try:
                 stats.outcomes[outcome] += 1
             except IndexError:  # an outcome newer than this code: not counted
                 pass
-            if spans is not None:
-                # With tracing, the handler's duration is its span's (one clock read for both).
-                seconds = (end_ns - opened._start_time) / 1e9
             if seconds < 0.0:  # the wall clock stepped back
                 seconds = 0.0
             h = stats.duration
             h.counts[bisect_left(DURATION_BUCKETS_S, seconds)] += 1  # BucketCounts.observe, inlined
             h.sum += seconds
-        elif span is not None:
-            task_type = runner.lease.task_type
-        if span is not None:
-            task_id, attempt, token = runner.key
-            attributes = {"corral.task.id": task_id, "corral.task.type": task_type, "corral.attempt": attempt,
-                          "corral.fencing_token": token, "corral.outcome": OUTCOME_LABELS.get(outcome) or str(outcome)}
+        if span is not None and span.recording:
+            key = runner.key  # (task id, attempt, fencing token)
+            attributes = {"corral.task.id": key[0], "corral.task.type": task_type, "corral.attempt": key[1],
+                          "corral.fencing_token": key[2], "corral.outcome": OUTCOME_LABELS.get(outcome) or str(outcome)}
             if dropped:
                 attributes["corral.result_dropped"] = True
-            # SpanRecorder.end, inlined (once per attempt).
-            span._end_time = end_ns
-            span._attributes = attributes
+            status = None
             if outcome in ERROR_OUTCOMES:
                 error = result.error
-                span._status = Status(StatusCode.ERROR, f"{error.kind}: {error.message}"[:1024])
-            batcher = spans.batcher
-            if batcher is None:
-                for processor in spans.processors:
-                    processor.on_end(span)
-            else:
-                queue = batcher.queue  # SpanBatcher.add, inlined
-                queue.append(span)
-                if len(queue) >= batcher.batch_size:
-                    batcher.wake()
+                status = Status(StatusCode.ERROR, f"{error.kind}: {error.message}"[:1024])
+            self.spans.end(span, attributes, status, end_ns)
 
     def _new_type(self, task_type: str) -> _TypeStats:
         stats = self.by_type[task_type] = _TypeStats()

@@ -149,13 +149,6 @@ def fill_trace_context(specs: Sequence[Any], carrier: Mapping[str, str]) -> None
     if not carrier:
         return
     items = list(carrier.items())
-    if len(items) == 1:  # traceparent only (the common case): no inner loop per spec
-        [(key, value)] = items
-        for spec in specs:
-            tc = spec.trace_context
-            if not tc:
-                tc[key] = value
-        return
     for spec in specs:
         tc = spec.trace_context
         if not tc:
@@ -338,8 +331,7 @@ class SpanRecorder:
     def start_from_carrier(self, carrier: Mapping[str, str]) -> RecordedSpan:
         """``start(span_context_from_carrier(carrier))``, with the common case in one step: the
         tasks of one submission share their traceparent, so the last one's parsing and sampling
-        decision are reused when the carrier holds the same traceparent (and nothing else).
-        ``ActorTelemetry.start_attempt`` inlines that case (it reads ``_last_carrier``)."""
+        decision are reused when the carrier holds the same traceparent (and nothing else)."""
         traceparent = carrier.get("traceparent")
         last = self._last_carrier
         if traceparent == last[0] and traceparent is not None and len(carrier) == 1:
@@ -421,8 +413,7 @@ class SpanBatcher(SpanProcessor):
             self.add(span)
 
     def add(self, span: ReadableSpan) -> None:
-        """Queue a finished, sampled span (``SpanRecorder.end`` and ``ActorTelemetry.attempt_done``
-        inline this)."""
+        """Queue a finished, sampled span (``SpanRecorder.end`` inlines this)."""
         queue = self.queue
         queue.append(span)
         if len(queue) >= self.batch_size:

@@ -1012,12 +1012,8 @@ class DispatchLoop:
             if trace_context:
                 # The attempt's span on the actor is a child of the task's submission span.
                 lease_context = lease.trace_context
-                traceparent = trace_context.get("traceparent")
-                if traceparent is not None and len(trace_context) == 1:  # the common carrier
-                    lease_context["traceparent"] = traceparent
-                else:
-                    for name in trace_context:  # per key: half the cost of .update()
-                        lease_context[name] = trace_context[name]
+                for name in trace_context:  # per key: half the cost of .update()
+                    lease_context[name] = trace_context[name]
 
     _handlers: dict[type, Callable[["DispatchLoop", Any, Step], None]] = {
         C.SubmitTasks: _on_submit,

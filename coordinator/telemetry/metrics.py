@@ -65,7 +65,7 @@ class LoopMetrics:
 
     ``step_committed`` is the only call on the hot path: once per step that did anything. Per
     task it costs about 1 µs (measured with tests/bench/dispatch_cpu.py): the histogram updates
-    are inlined list increments, with one dict lookup per run of same-type tasks in a step."""
+    are inlined list increments, one dict lookup per task type."""
 
     __slots__ = ("projection", "by_type", "wal_commit", "wal_batch")
 
@@ -89,56 +89,34 @@ class LoopMetrics:
             self.wal_batch.observe(n_records)
         by_type = self.by_type
         table_size = MsBucketCounts.MS_TABLE_SIZE
-        # The tasks of a step are mostly of one type: its histogram's counts, index table and a
-        # local sum are looked up once per run of same-type tasks (the sum is written back after).
         if grants:
-            last_type = h = counts = index = None
-            total = 0
             for task, _actor in grants:
                 if len(task.attempts) == 1:  # the first attempt: submit-to-start
-                    task_type = task.type
-                    if task_type != last_type:
-                        if h is not None:
-                            h.sum_ms += total
-                            total = 0
-                        stats = by_type.get(task_type) or self.stats(task_type)
-                        h = stats.submit_to_start
-                        counts, index, last_type = h.counts, h.index, task_type
+                    stats = by_type.get(task.type) or self.stats(task.type)
+                    h = stats.submit_to_start
                     ms = now_ms - task.eligible_since_ms
                     if 0 <= ms < table_size:
-                        counts[index[ms]] += 1
-                        total += ms
+                        h.counts[h.index[ms]] += 1
+                        h.sum_ms += ms
                     else:
                         h.observe_ms(ms)
-            if h is not None:
-                h.sum_ms += total
         if ended:
             tasks = self.projection.tasks
-            last_type = h = counts = index = outcomes = None
-            total = 0
             for task_id in ended:
                 task = tasks[task_id]
-                task_type = task.type
-                if task_type != last_type:
-                    if h is not None:
-                        h.sum_ms += total
-                        total = 0
-                    stats = by_type.get(task_type) or self.stats(task_type)
-                    h = stats.duration
-                    outcomes, counts, index, last_type = stats.outcomes, h.counts, h.index, task_type
-                attempts = task.attempts
-                a = attempts[-1]
+                stats = by_type.get(task.type) or self.stats(task.type)
+                a = task.attempts[-1]
                 if not a.outcome:  # lost and granted again in the same step: the ended one is before
-                    a = attempts[-2]
-                outcomes[a.outcome] += 1
+                    a = task.attempts[-2]
+                stats.outcomes[a.outcome] += 1
+                h = stats.duration
                 ms = a.ended_ms - a.started_ms
                 if 0 <= ms < table_size:
-                    counts[index[ms]] += 1
-                    total += ms
+                    h.counts[h.index[ms]] += 1
+                    h.sum_ms += ms
                 else:
                     h.observe_ms(ms)
-            if h is not None:
-                h.sum_ms += total
+
 
 def queue_depths(projection: Any) -> dict[str, int]:
     """READY tasks in the ready queues, by task type (exact: Projection.ready_by_type)."""
