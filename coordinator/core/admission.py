@@ -101,14 +101,18 @@ def drop_record(task: TaskRecord) -> wal_pb2.WalRecord:
         error=task_pb2.TaskError(message=reason, kind="concurrency_limit")))
 
 
-def drop_on_promote(projection: Projection, task: TaskRecord, now_ms: int) -> wal_pb2.WalRecord | None:
-    """A SCHEDULED DROP_NEW task reaches its not_before: the drop record if it could not take its
-    key at once (decided as at submission)."""
-    spec = task.spec
-    if (task.state == SCHEDULED and task.concurrency_key and spec.concurrency_policy == DROP_NEW
+def drop_when_ready(projection: Projection, task: TaskRecord, now_ms: int) -> wal_pb2.WalRecord | None:
+    """A DROP_NEW task is about to become READY (its not_before came, or its prerequisites
+    succeeded): the drop record if it could not take its key at once (decided as at submission)."""
+    if (task.concurrency_key and task.spec.concurrency_policy == DROP_NEW
             and not projection.concurrency.would_admit(task, now_ms)):
         return drop_record(task)
     return None
+
+
+def drop_on_promote(projection: Projection, task: TaskRecord, now_ms: int) -> wal_pb2.WalRecord | None:
+    """A SCHEDULED DROP_NEW task reaches its not_before: `drop_when_ready`."""
+    return drop_when_ready(projection, task, now_ms) if task.state == SCHEDULED else None
 
 
 def on_submitted(projection: Projection, task: TaskRecord) -> list[wal_pb2.WalRecord]:

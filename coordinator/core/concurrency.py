@@ -210,12 +210,12 @@ class ConcurrencyIndex:
         waiting = gate.waiting
         tasks = self.projection.tasks
         occupants = gate.occupants
-        while gate.waiting_count and waiting:
-            _sort, order, task_id = waiting[0]
-            task = tasks.get(task_id)
-            if task is None or task.state != READY or task.ready_order != order or task_id in occupants:
-                heapq.heappop(waiting)  # stale
-                continue
+        while gate.waiting_count:
+            head = self._live_head(gate)  # stale entries above it are dropped
+            if head is None:
+                return
+            task_id = head[2]
+            task = tasks[task_id]
             if len(occupants) >= task.spec.concurrency_limit:
                 return
             entry = heapq.heappop(waiting)

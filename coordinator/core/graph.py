@@ -24,8 +24,7 @@ from typing import Callable, Iterable, Sequence
 
 from corral.v1 import task_pb2, wal_pb2
 
-from .admission import drop_record
-from .concurrency import DROP_NEW
+from .admission import drop_when_ready
 from .errors import FailedPrecondition, InvalidField, NotFound
 from .model import TaskRecord
 from .projection import Projection
@@ -274,10 +273,9 @@ def promotion_record(projection: Projection, task: TaskRecord, now_ms: int) -> w
     if task.ready_at_ms > now_ms:
         return wal_pb2.WalRecord(task_state_changed=wal_pb2.TaskStateChanged(
             task_id=task.task_id, state=SCHEDULED, reason="prerequisites succeeded; waiting for not_before"))
-    spec = task.spec
-    if (task.concurrency_key and spec.concurrency_policy == DROP_NEW
-            and not projection.concurrency.would_admit(task, now_ms)):
-        return drop_record(task)
+    dropped = drop_when_ready(projection, task, now_ms)
+    if dropped is not None:
+        return dropped
     return wal_pb2.WalRecord(task_state_changed=wal_pb2.TaskStateChanged(
         task_id=task.task_id, state=READY, reason="prerequisites succeeded"))
 

@@ -734,13 +734,8 @@ class DispatchLoop:
                                    f"superseded by incarnation {identity.incarnation!r} of actor {identity.actor_id!r}")
         for lease in list(fleet.leases.values()):
             if lease.actor_key[0] == identity.actor_id and lease.actor_key[1] != identity.incarnation:
-                record = decisions.lost_attempt_record(
-                    self.projection, lease.task_id, lease.attempt, lease.token, now, self.rand,
-                    f"actor {identity.actor_id!r} restarted (incarnation {lease.actor_key[1]!r} is gone)")
-                if record is not None:
-                    self._emit_attempt_ended(record, step)
-                else:
-                    fleet.release(lease.task_id)
+                self._lose_lease(lease, f"actor {identity.actor_id!r} restarted "
+                                        f"(incarnation {lease.actor_key[1]!r} is gone)", step)
         actor = ConnectedActor(identity, now, cmd.link)
         cmd.link.actor_key = key
         fleet.connect(actor)
@@ -767,17 +762,19 @@ class DispatchLoop:
         # A lease granted to this very process that its hello does not re-present never reached it
         # (granted on a stream that was already broken): the attempt is lost now, not a TTL later.
         for lease in fleet.leases_of(key):
-            if lease.task_id in adopted:
-                continue
-            record = decisions.lost_attempt_record(
-                self.projection, lease.task_id, lease.attempt, lease.token, now, self.rand,
-                f"actor {identity.actor_id!r} reconnected without the lease of attempt {lease.attempt} "
-                f"(it never reached the actor)")
-            if record is not None:
-                self._emit_attempt_ended(record, step)
-            else:
-                fleet.release(lease.task_id)
+            if lease.task_id not in adopted:
+                self._lose_lease(lease, f"actor {identity.actor_id!r} reconnected without the lease of attempt "
+                                        f"{lease.attempt} (it never reached the actor)", step)
         step.replies.append((cmd.reply, actor))
+
+    def _lose_lease(self, lease, why: str, step: Step) -> None:
+        """End `lease`'s attempt LOST (`why`), or just drop the lease if its attempt is over."""
+        record = decisions.lost_attempt_record(self.projection, lease.task_id, lease.attempt, lease.token,
+                                               step.now_ms, self.rand, why)
+        if record is not None:
+            self._emit_attempt_ended(record, step)
+        else:
+            self.fleet.release(lease.task_id)
 
     def _repeat_cancel_request(self, ref: actor_service_pb2.LeaseRef, link: ActorLink, step: Step) -> None:
         """A canceled task's attempt is still running: (re)send the cancel. The first push may
