@@ -3,7 +3,6 @@ driven step by step with an injected clock (harness of test_dispatch_schedules):
 schedule whose timing cannot be evaluated here, and an occurrence after retention forgot its task."""
 from __future__ import annotations
 
-from collections import deque
 
 import pytest
 
@@ -11,7 +10,7 @@ from corral.v1 import schedule_pb2, task_pb2
 from coordinator.core.errors import FailedPrecondition
 from coordinator.dispatch import commands as C
 
-from .test_dispatch_schedules import T0, Clock, Harness, every, fingerprint_after_replay, sync
+from .test_dispatch_schedules import T0, Clock, Harness, every, sync
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -40,7 +39,6 @@ async def test_an_occurrence_is_not_created_again_after_its_task_was_forgotten(t
     """As test_an_existing_task_id_is_never_created_twice (schedule deleted, clock stepped back,
     created again), with retention: the first occurrence's task has been forgotten meanwhile."""
     h = Harness(tmp_path, Clock(T0), retention_ms=1_000)
-    h.projection.expiry = deque()  # as Projection(track_expiry=True): nothing has finished yet
     spec = every(1)
     spec.start_time.FromMilliseconds(T0 + 1_000)
     await h.create(spec)

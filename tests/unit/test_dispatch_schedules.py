@@ -45,11 +45,13 @@ class Clock:
 
 
 class Harness:
-    """A loop over a WAL in `path`; `step()` runs one step at the clock's time."""
+    """A loop over a WAL in `path` (expiry tracked when `retention_ms` is given); `step()` runs one
+    step at the clock's time, `call()` one step for one command."""
 
     def __init__(self, path: Path, clock: Clock, **kwargs) -> None:
+        self.path = path
         self.wal = WriteAheadLog(path, sync=False)
-        self.projection = Projection()
+        self.projection = Projection(track_expiry=bool(kwargs.get("retention_ms")))
         replay(self.wal, self.projection, truncate_corrupt=False)
         self.clock = clock
         self.loop = DispatchLoop(self.wal, self.projection, Fleet(lease_ttl_ms=60_000), coordinator_id="unit",

@@ -11,50 +11,30 @@ import pytest
 
 from corral.v1 import task_pb2
 from coordinator.coordinator import replay
-from coordinator.core.fleet import Fleet
 from coordinator.core.projection import Projection
 from coordinator.core.spec import SpecLimits, normalize_spec
 from coordinator.core.states import State
 from coordinator.dispatch import commands as C
-from coordinator.dispatch.loop import DispatchLoop
 from coordinator.storage.wal import WriteAheadLog
 
 from .test_dispatch_schedules import Clock
+from .test_dispatch_schedules import Harness as SchedulesHarness
 
 pytestmark = pytest.mark.timeout(30)
 T0 = 1_700_000_000_000
 
 
-class Harness:
-    """A loop over a WAL in `path` (retention on); `call`/`step` each run one step at the clock's time."""
+class Harness(SchedulesHarness):
+    """The schedules tests' loop harness, with retention on and plain task submissions."""
 
     def __init__(self, path: Path, clock: Clock, retention_ms: int, **kwargs) -> None:
-        self.path = path
-        self.wal = WriteAheadLog(path, sync=False)
-        self.projection = Projection(track_expiry=True)
-        replay(self.wal, self.projection, truncate_corrupt=False)
-        self.clock = clock
-        self.loop = DispatchLoop(self.wal, self.projection, Fleet(lease_ttl_ms=60_000), coordinator_id="unit",
-                                 heartbeat_interval_ms=20_000, clock=clock, retention_ms=retention_ms, **kwargs)
-
-    async def call(self, make):
-        future = asyncio.get_running_loop().create_future()
-        await self.loop._step([make(future)])
-        return future.result()
-
-    async def step(self, at_ms: int | None = None) -> None:
-        if at_ms is not None:
-            self.clock.ms = at_ms
-        await self.loop._step([])
+        super().__init__(path, clock, retention_ms=retention_ms, **kwargs)
 
     async def submit(self, task_id: str, **fields) -> tuple[str, bool, int]:
         spec = task_pb2.TaskSpec(task_id=task_id, type=fields.pop("type", "t"), **fields)
         normalize_spec(spec, "task", SpecLimits(), self.clock.ms)
         [result] = await self.call(lambda f: C.SubmitTasks([spec], ["task"], f))
         return result
-
-    def close(self) -> None:
-        self.wal.close()
 
 
 def replayed(path: Path) -> Projection:
